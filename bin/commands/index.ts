@@ -1,0 +1,7 @@
+// Each part registers its subcommand here: one import and one call per subcommand. Registrars only declare
+// options; the implementation is imported lazily inside the action, so `kvfleet --help` stays fast.
+import type { Command } from 'commander';
+
+export type Registrar = (program: Command) => void;
+
+export const registrars: Registrar[] = [];
