@@ -1,7 +1,10 @@
-// Each part registers its subcommand here: one import and one call per subcommand. Registrars only declare
+// Each part registers its subcommand here: one import and one entry per subcommand. Registrars only declare
 // options; the implementation is imported lazily inside the action, so `kvfleet --help` stays fast.
 import type { Command } from 'commander';
+import { registerBench } from './bench.ts';
 
 export type Registrar = (program: Command) => void;
 
-export const registrars: Registrar[] = [];
+export const registrars: Registrar[] = [
+  registerBench,
+];

@@ -1,0 +1,7 @@
+// Every benchmark `kvfleet bench NAME` can run. Each module exports `run(opts): Promise<BenchReport>`.
+import type { BenchReport } from './report.ts';
+
+export interface BenchOptions { json: boolean; args: Record<string, string | boolean> }
+export type BenchModule = { run(opts: BenchOptions): Promise<BenchReport> };
+
+export const benches: Record<string, () => Promise<BenchModule>> = {};
