@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "device.h"
+#include "registry.h"
 
 namespace {
 
@@ -25,6 +26,7 @@ Napi::Value DeviceInfoJs(const Napi::CallbackInfo& cb) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceInfo", Napi::Function::New(env, DeviceInfoJs, "deviceInfo"));
   exports.Set("abiVersion", Napi::Number::New(env, 1));
+  for (auto& reg : kvf::napi::registrars()) reg(env, exports);
   return exports;
 }
 
