@@ -2,9 +2,11 @@
 // options; the implementation is imported lazily inside the action, so `kvfleet --help` stays fast.
 import type { Command } from 'commander';
 import { registerBench } from './bench.ts';
+import { registerSynthModel } from './synth-model.ts';
 
 export type Registrar = (program: Command) => void;
 
 export const registrars: Registrar[] = [
   registerBench,
+  registerSynthModel,
 ];

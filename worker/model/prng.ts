@@ -1,0 +1,73 @@
+// Seeded, platform-independent random numbers for synthetic weights.
+// xoshiro128** (32-bit state words, so it runs on plain JS numbers with Math.imul, no BigInt) seeded through a
+// splitmix32-style mixer; normals by Box-Muller. Every stream is keyed by (seed, name), so a tensor's values do not
+// depend on which other tensors exist, their order, or how they are sharded.
+
+/** A 32-bit avalanche mixer (the finaliser of splitmix32 / murmur3). */
+export function mix32(x: number): number {
+  x = Math.imul(x ^ (x >>> 16), 0x85ebca6b);
+  x = Math.imul(x ^ (x >>> 13), 0xc2b2ae35);
+  return (x ^ (x >>> 16)) >>> 0;
+}
+
+/** FNV-1a over the UTF-16 code units of `s`, then mixed. */
+export function hashString(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return mix32(h >>> 0);
+}
+
+export class Rng {
+  private s0: number;
+  private s1: number;
+  private s2: number;
+  private s3: number;
+  private spare = 0;
+  private hasSpare = false;
+
+  /** `seed` is any non-negative safe integer; `stream` separates independent streams under one seed. */
+  constructor(seed: number, stream: string) {
+    if (!Number.isSafeInteger(seed) || seed < 0) throw new Error(`seed must be a non-negative safe integer, got ${seed}`);
+    const lo = seed >>> 0;
+    const hi = Math.floor(seed / 2 ** 32) >>> 0;
+    let x = mix32(lo ^ mix32(hi ^ 0x9e3779b9) ^ hashString(stream));
+    const next = () => { x = (x + 0x9e3779b9) >>> 0; return mix32(x); };
+    this.s0 = next(); this.s1 = next(); this.s2 = next(); this.s3 = next();
+    // xoshiro's only bad state is all zeros; the mixer makes that astronomically unlikely, but guard anyway.
+    if ((this.s0 | this.s1 | this.s2 | this.s3) === 0) this.s0 = 1;
+  }
+
+  /** Uniform 32-bit unsigned integer. */
+  nextU32(): number {
+    const result = Math.imul(rotl(Math.imul(this.s1, 5), 7), 9) >>> 0;
+    const t = this.s1 << 9;
+    this.s2 ^= this.s0;
+    this.s3 ^= this.s1;
+    this.s1 ^= this.s2;
+    this.s0 ^= this.s3;
+    this.s2 ^= t;
+    this.s3 = rotl(this.s3, 11);
+    return result;
+  }
+
+  /** Uniform in (0, 1): never 0, so log() in Box-Muller is finite. 53 random bits. */
+  nextOpen01(): number {
+    const hi = this.nextU32() >>> 5; // 27 bits
+    const lo = this.nextU32() >>> 6; // 26 bits
+    return (hi * 67108864 + lo + 0.5) / 9007199254740992;
+  }
+
+  /** Standard normal N(0, 1) by Box-Muller (pairs; the second value is kept for the next call). */
+  nextNormal(): number {
+    if (this.hasSpare) { this.hasSpare = false; return this.spare; }
+    const r = Math.sqrt(-2 * Math.log(this.nextOpen01()));
+    const phi = 2 * Math.PI * this.nextOpen01();
+    this.spare = r * Math.sin(phi);
+    this.hasSpare = true;
+    return r * Math.cos(phi);
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return (x << k) | (x >>> (32 - k));
+}
