@@ -1,0 +1,368 @@
+// The CPU backend: the reference every other backend is compared with. fp32 accumulation; weights read in their
+// file dtype (F16/BF16 converted 8 lanes at a time, never widened in memory); K/V pages f16 or f32.
+//
+// Batch invariance: every output element is one dot product computed in one fixed order (8-lane partial sums
+// over k in steps of 8, a fixed horizontal reduction, then a scalar tail), whatever T is, whatever tile or thread
+// computes it. Threads split output columns, never a reduction.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define KVF_AVX2 1
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ops.h"
+
+namespace kvf {
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::Embed: return "embed";
+    case Op::RmsNorm: return "rmsnorm";
+    case Op::MatMul: return "matmul";
+    case Op::Rope: return "rope";
+    case Op::SiluMul: return "silu_mul";
+    case Op::Add: return "add";
+    case Op::AttnPrefill: return "attn_prefill";
+    case Op::AttnDecode: return "attn_decode";
+    case Op::KvWrite: return "kv_write";
+    case Op::KvCopy: return "kv_copy";
+    case Op::Count: break;
+  }
+  return "?";
+}
+
+RopeParams make_rope(const ModelConfig& cfg) {
+  RopeParams rp;
+  rp.d = cfg.d;
+  rp.inv_freq.resize(cfg.d / 2);
+  for (int i = 0; i < cfg.d / 2; i++) {
+    double f = 1.0 / std::pow(cfg.rope_theta, (2.0 * i) / cfg.d);
+    if (cfg.rope_scaling_type == "llama3") {
+      // transformers' _compute_llama3_parameters: long wavelengths scaled by 1/factor, short kept, smooth between.
+      const double lo_wl = cfg.rope_original_max_pos / cfg.rope_low_freq_factor;
+      const double hi_wl = cfg.rope_original_max_pos / cfg.rope_high_freq_factor;
+      const double wl = 2.0 * M_PI / f;
+      if (wl > lo_wl) {
+        f = f / cfg.rope_factor;
+      } else if (wl >= hi_wl) {
+        double smooth = (cfg.rope_original_max_pos / wl - cfg.rope_low_freq_factor) /
+                        (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor);
+        f = (1.0 - smooth) * f / cfg.rope_factor + smooth * f;
+      }
+    }
+    rp.inv_freq[i] = (float)f;
+  }
+  return rp;
+}
+
+namespace {
+
+// ---- 8-lane dot-product primitives (one fixed order per element) ----
+#ifdef KVF_AVX2
+inline __m256 load8(const void* p, DType t, size_t i) {
+  switch (t) {
+    case DType::F32: return _mm256_loadu_ps(static_cast<const float*>(p) + i);
+    case DType::F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(p) + i)));
+    case DType::BF16: {
+      __m128i h = _mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(p) + i));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+  }
+  return _mm256_setzero_ps();
+}
+inline float hsum8(__m256 v) {  // fixed order: (0+4, 1+5, 2+6, 3+7), then pairs
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  __m128 s = _mm_add_ps(lo, hi);
+  __m128 sh = _mm_movehl_ps(s, s);
+  __m128 s2 = _mm_add_ps(s, sh);
+  __m128 s3 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+  return _mm_cvtss_f32(s3);
+}
+#endif
+
+// Dot products of NR weight rows with TR activation rows; out[t][r] for t < TR, r < NR.
+template <int TR, int NR>
+inline void dot_tile(const float* const* x, const void* W, DType wt, size_t K, const size_t* wrow, float out[TR][NR]) {
+  const size_t K8 = K & ~(size_t)7;
+#ifdef KVF_AVX2
+  __m256 acc[TR][NR];
+  for (int t = 0; t < TR; t++)
+    for (int r = 0; r < NR; r++) acc[t][r] = _mm256_setzero_ps();
+  for (size_t k = 0; k < K8; k += 8) {
+    __m256 w[NR];
+    for (int r = 0; r < NR; r++) w[r] = load8(W, wt, wrow[r] * K + k);
+    for (int t = 0; t < TR; t++) {
+      __m256 xv = _mm256_loadu_ps(x[t] + k);
+      for (int r = 0; r < NR; r++) acc[t][r] = _mm256_fmadd_ps(w[r], xv, acc[t][r]);
+    }
+  }
+  for (int t = 0; t < TR; t++)
+    for (int r = 0; r < NR; r++) out[t][r] = hsum8(acc[t][r]);
+#else
+  float acc[TR][NR][8] = {};
+  for (size_t k = 0; k < K8; k += 8)
+    for (int r = 0; r < NR; r++)
+      for (int j = 0; j < 8; j++) {
+        float w = load_as_f32(W, wt, wrow[r] * K + k + j);
+        for (int t = 0; t < TR; t++) acc[t][r][j] = std::fma(w, x[t][k + j], acc[t][r][j]);
+      }
+  for (int t = 0; t < TR; t++)
+    for (int r = 0; r < NR; r++) {
+      float* a = acc[t][r];
+      out[t][r] = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    }
+#endif
+  for (size_t k = K8; k < K; k++)
+    for (int r = 0; r < NR; r++) {
+      float w = load_as_f32(W, wt, wrow[r] * K + k);
+      for (int t = 0; t < TR; t++) out[t][r] += w * x[t][k];
+    }
+}
+
+template <int NR>
+inline void matmul_cols(float* out, const float* x, int32_t T, const Weight& W, const float* bias, int32_t n0) {
+  const size_t K = (size_t)W.cols, N = (size_t)W.rows;
+  size_t wrow[NR];
+  for (int r = 0; r < NR; r++) wrow[r] = (size_t)n0 + r;
+  int32_t t = 0;
+  for (; t + 2 <= T; t += 2) {
+    const float* xs[2] = {x + (size_t)t * K, x + (size_t)(t + 1) * K};
+    float o[2][NR];
+    dot_tile<2, NR>(xs, W.data, W.dtype, K, wrow, o);
+    for (int i = 0; i < 2; i++)
+      for (int r = 0; r < NR; r++) out[(size_t)(t + i) * N + n0 + r] = o[i][r] + (bias ? bias[n0 + r] : 0.f);
+  }
+  for (; t < T; t++) {
+    const float* xs[1] = {x + (size_t)t * K};
+    float o[1][NR];
+    dot_tile<1, NR>(xs, W.data, W.dtype, K, wrow, o);
+    for (int r = 0; r < NR; r++) out[(size_t)t * N + n0 + r] = o[0][r] + (bias ? bias[n0 + r] : 0.f);
+  }
+}
+
+inline float kv_load(const void* base, DType t, size_t i) {
+  return t == DType::F32 ? static_cast<const float*>(base)[i] : f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+}
+inline void kv_store(void* base, DType t, size_t i, float v) {
+  if (t == DType::F32) static_cast<float*>(base)[i] = v;
+  else static_cast<uint16_t*>(base)[i] = f32_to_f16(v);
+}
+
+// Fixed-order dot of two fp32 vectors (8 lanes, then the same horizontal sum as matmul).
+inline float dot_f32(const float* a, const float* b, int32_t n) {
+  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) lanes[j] = std::fma(a[i + j], b[i + j], lanes[j]);
+  float s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int32_t threads) {
+#ifdef _OPENMP
+    if (threads > 0) omp_set_num_threads(threads);
+#endif
+    (void)threads;
+  }
+  const char* name() const override { return "cpu"; }
+  bool supports(Op op) const override { return op != Op::Count; }
+
+  void* alloc(size_t bytes) override {
+    void* p = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) & ~(size_t)63));
+    if (!p) fail(ErrorKind::Internal, "host allocation of " + std::to_string(bytes) + " bytes failed");
+    return p;
+  }
+  void free(void* p) override { std::free(p); }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override { std::memmove(dst, src, bytes); }
+  void sync() override {}
+
+  void embed(float* out, const int32_t* ids, int32_t T, const Weight& emb) override {
+    const size_t D = (size_t)emb.cols;
+    for (int32_t t = 0; t < T; t++)
+      for (size_t i = 0; i < D; i++) out[t * D + i] = load_as_f32(emb.data, emb.dtype, (size_t)ids[t] * D + i);
+  }
+
+  void rmsnorm(float* out, const float* x, const float* w, int32_t T, int32_t D, float eps) override {
+    for (int32_t t = 0; t < T; t++) {
+      const float* xr = x + (size_t)t * D;
+      double ss = 0;
+      for (int32_t i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
+      const float inv = (float)(1.0 / std::sqrt(ss / D + eps));
+      for (int32_t i = 0; i < D; i++) out[(size_t)t * D + i] = xr[i] * inv * w[i];
+    }
+  }
+
+  void matmul(float* out, const float* x, int32_t T, const Weight& W, const float* bias) override {
+    const int32_t N = W.rows;
+    const int32_t NB = N / 4;
+#pragma omp parallel for schedule(static)
+    for (int32_t b = 0; b < NB; b++) matmul_cols<4>(out, x, T, W, bias, b * 4);
+    for (int32_t n = NB * 4; n < N; n++) matmul_cols<1>(out, x, T, W, bias, n);
+  }
+
+  void rope(float* x, const int32_t* pos, int32_t T, int32_t nh, const RopeParams& rp) override {
+    const int32_t d = rp.d, half = d / 2;
+    std::vector<float> cs((size_t)half), sn((size_t)half);
+    for (int32_t t = 0; t < T; t++) {
+      for (int32_t i = 0; i < half; i++) {
+        // HF computes the angle in fp32 (pos * inv_freq); we do it in double from the fp32 inv_freq, then round.
+        double a = (double)pos[t] * (double)rp.inv_freq[i];
+        cs[i] = (float)std::cos(a);
+        sn[i] = (float)std::sin(a);
+      }
+      for (int32_t h = 0; h < nh; h++) {
+        float* v = x + ((size_t)t * nh + h) * d;
+        for (int32_t i = 0; i < half; i++) {
+          float x1 = v[i], x2 = v[i + half];
+          v[i] = x1 * cs[i] - x2 * sn[i];
+          v[i + half] = x2 * cs[i] + x1 * sn[i];
+        }
+      }
+    }
+  }
+
+  void silu_mul(float* out, const float* gate, const float* up, int64_t n) override {
+    for (int64_t i = 0; i < n; i++) {
+      float g = gate[i];
+      out[i] = g / (1.f + std::exp(-g)) * up[i];
+    }
+  }
+
+  void add(float* x, const float* y, int64_t n) override {
+    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+  }
+
+  void attn_prefill(float* out, const float* q, const float* k, const float* v, int32_t n, int32_t H, int32_t Hk,
+                    int32_t d) override {
+    const int32_t G = H / Hk;
+    const float scale = 1.f / std::sqrt((float)d);
+#pragma omp parallel
+    {
+      std::vector<float> s((size_t)n);
+#pragma omp for schedule(dynamic, 4) collapse(2)
+      for (int32_t h = 0; h < H; h++)
+        for (int32_t i = 0; i < n; i++) {
+          const int32_t g = h / G;
+          const float* qi = q + ((size_t)i * H + h) * d;
+          float mx = -INFINITY;
+          for (int32_t j = 0; j <= i; j++) {
+            s[j] = dot_f32(qi, k + ((size_t)j * Hk + g) * d, d) * scale;
+            mx = std::max(mx, s[j]);
+          }
+          float sum = 0;
+          for (int32_t j = 0; j <= i; j++) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+          const float inv = 1.f / sum;
+          float* o = out + ((size_t)i * H + h) * d;
+          for (int32_t e = 0; e < d; e++) o[e] = 0;
+          for (int32_t j = 0; j <= i; j++) {
+            const float p = s[j] * inv;
+            const float* vj = v + ((size_t)j * Hk + g) * d;
+            for (int32_t e = 0; e < d; e++) o[e] += p * vj[e];
+          }
+        }
+    }
+  }
+
+  void attn_decode(float* out, const float* q, int32_t B, int32_t H, int32_t Hk, const PagedHead* heads,
+                   const KVStoreDesc& kv) override {
+    const int32_t G = H / Hk, d = kv.d, P = kv.P;
+    const float scale = 1.f / std::sqrt((float)d);
+#pragma omp parallel
+    {
+      std::vector<float> s, krow((size_t)d);
+#pragma omp for schedule(dynamic, 1) collapse(2)
+      for (int32_t b = 0; b < B; b++)
+        for (int32_t g = 0; g < Hk; g++) {
+          const PagedHead& ph = heads[(size_t)b * Hk + g];
+          const int32_t len = ph.len;
+          s.assign((size_t)len * G, 0.f);
+          // scores for the G query heads sharing this KV head; each key row converted once
+          for (int32_t j = 0; j < len; j++) {
+            const size_t base = (size_t)ph.pages[j / P] * kv.page_elems() + (size_t)(j % P) * d;
+            for (int32_t e = 0; e < d; e++) krow[e] = kv_load(kv.base, kv.dtype, base + e);
+            for (int32_t r = 0; r < G; r++)
+              s[(size_t)r * len + j] = dot_f32(q + ((size_t)b * H + g * G + r) * d, krow.data(), d) * scale;
+          }
+          for (int32_t r = 0; r < G; r++) {
+            float* sr = s.data() + (size_t)r * len;
+            float mx = -INFINITY;
+            for (int32_t j = 0; j < len; j++) mx = std::max(mx, sr[j]);
+            float sum = 0;
+            for (int32_t j = 0; j < len; j++) { sr[j] = std::exp(sr[j] - mx); sum += sr[j]; }
+            const float inv = 1.f / sum;
+            for (int32_t j = 0; j < len; j++) sr[j] *= inv;
+          }
+          float* o = out + ((size_t)b * H + g * G) * d;
+          for (int32_t e = 0; e < G * d; e++) o[e] = 0;
+          for (int32_t j = 0; j < len; j++) {
+            const size_t base = (size_t)ph.pages[j / P] * kv.page_elems() + (size_t)P * d + (size_t)(j % P) * d;
+            for (int32_t e = 0; e < d; e++) krow[e] = kv_load(kv.base, kv.dtype, base + e);  // V row
+            for (int32_t r = 0; r < G; r++) {
+              const float p = s[(size_t)r * len + j];
+              float* orow = o + (size_t)r * d;
+              for (int32_t e = 0; e < d; e++) orow[e] += p * krow[e];
+            }
+          }
+        }
+    }
+  }
+
+  void kv_write(const KVStoreDesc& kv, const float* k, const float* v, int64_t row_stride, const int32_t* src_row,
+                const int32_t* dst_page, const int32_t* dst_slot, int32_t count) override {
+    const int32_t d = kv.d;
+    for (int32_t i = 0; i < count; i++) {
+      const size_t kb = (size_t)dst_page[i] * kv.page_elems() + (size_t)dst_slot[i] * d;
+      const size_t vb = kb + (size_t)kv.P * d;
+      const float* ks = k + (size_t)src_row[i] * row_stride;
+      const float* vs = v + (size_t)src_row[i] * row_stride;
+      for (int32_t e = 0; e < d; e++) {
+        kv_store(kv.base, kv.dtype, kb + e, ks[e]);
+        kv_store(kv.base, kv.dtype, vb + e, vs[e]);
+      }
+    }
+  }
+
+  void kv_copy(const KVStoreDesc& kv, const int32_t* sp, const int32_t* ss, const int32_t* dp, const int32_t* ds,
+               int32_t count) override {
+    const size_t es = dtype_size(kv.dtype), row = (size_t)kv.d * es;
+    char* base = static_cast<char*>(kv.base);
+    for (int32_t i = 0; i < count; i++) {
+      const size_t src = ((size_t)sp[i] * kv.page_elems() + (size_t)ss[i] * kv.d) * es;
+      const size_t dst = ((size_t)dp[i] * kv.page_elems() + (size_t)ds[i] * kv.d) * es;
+      const size_t voff = (size_t)kv.P * kv.d * es;
+      std::memmove(base + dst, base + src, row);
+      std::memmove(base + dst + voff, base + src + voff, row);
+    }
+  }
+
+  void kv_read(const KVStoreDesc& kv, const int32_t* page, const int32_t* slot, int32_t count, float* k_out,
+               float* v_out) override {
+    const int32_t d = kv.d;
+    for (int32_t i = 0; i < count; i++) {
+      const size_t kb = (size_t)page[i] * kv.page_elems() + (size_t)slot[i] * d;
+      const size_t vb = kb + (size_t)kv.P * d;
+      for (int32_t e = 0; e < d; e++) {
+        k_out[(size_t)i * d + e] = kv_load(kv.base, kv.dtype, kb + e);
+        v_out[(size_t)i * d + e] = kv_load(kv.base, kv.dtype, vb + e);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int32_t threads) { return std::make_unique<CpuBackend>(threads); }
+
+}  // namespace kvf
