@@ -1,6 +1,6 @@
 // Seeded, platform-independent random numbers for synthetic weights.
 // xoshiro128** (32-bit state words, so it runs on plain JS numbers with Math.imul, no BigInt) seeded through a
-// splitmix32-style mixer; normals by Box-Muller. Every stream is keyed by (seed, name), so a tensor's values do not
+// splitmix32-style mixer. Normals by Marsaglia's polar method (Box-Muller without trigonometry). Every stream is keyed by (seed, name), so a tensor's values do not
 // depend on which other tensors exist, their order, or how they are sharded.
 
 /** A 32-bit avalanche mixer (the finaliser of splitmix32 / murmur3). */
@@ -50,21 +50,20 @@ export class Rng {
     return result;
   }
 
-  /** Uniform in (0, 1): never 0, so log() in Box-Muller is finite. 53 random bits. */
-  nextOpen01(): number {
-    const hi = this.nextU32() >>> 5; // 27 bits
-    const lo = this.nextU32() >>> 6; // 26 bits
-    return (hi * 67108864 + lo + 0.5) / 9007199254740992;
-  }
-
-  /** Standard normal N(0, 1) by Box-Muller (pairs; the second value is kept for the next call). */
+  /** Standard normal N(0, 1) (pairs; the second value is kept for the next call). */
   nextNormal(): number {
     if (this.hasSpare) { this.hasSpare = false; return this.spare; }
-    const r = Math.sqrt(-2 * Math.log(this.nextOpen01()));
-    const phi = 2 * Math.PI * this.nextOpen01();
-    this.spare = r * Math.sin(phi);
+    const toUnit = 2 / 4294967296;
+    let u = 0, v = 0, s = 0;
+    do {
+      u = this.nextU32() * toUnit - 1;
+      v = this.nextU32() * toUnit - 1;
+      s = u * u + v * v;
+    } while (s >= 1 || s === 0);
+    const m = Math.sqrt((-2 * Math.log(s)) / s);
+    this.spare = v * m;
     this.hasSpare = true;
-    return r * Math.cos(phi);
+    return u * m;
   }
 }
 
