@@ -279,7 +279,7 @@ export function loadReference(dir: string): ReferenceModel {
   try {
     json = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
   } catch (e) {
-    throw new Error(`${file}: cannot read config (${(e as Error).message})`);
+    throw new Error(`${file}: cannot read config (${(e as Error).message})`, { cause: e });
   }
   return new ReferenceModel(dir, parseRefConfig(json, file), readModelTensors(dir));
 }

@@ -54,7 +54,7 @@ export class Rng {
   nextNormal(): number {
     if (this.hasSpare) { this.hasSpare = false; return this.spare; }
     const toUnit = 2 / 4294967296;
-    let u = 0, v = 0, s = 0;
+    let u: number, v: number, s: number;
     do {
       u = this.nextU32() * toUnit - 1;
       v = this.nextU32() * toUnit - 1;

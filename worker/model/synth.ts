@@ -98,7 +98,7 @@ function fillNormal(a: Float32Array | Float16Array, seed: number, name: string, 
   const { mean, std } = init;
   const toUnit = 2 / 4294967296;
   for (let i = 0; i < n; i += 2) {
-    let u = 0, v = 0, s = 0;
+    let u: number, v: number, s: number;
     do {
       u = rng.nextU32() * toUnit - 1;
       v = rng.nextU32() * toUnit - 1;
