@@ -8,7 +8,6 @@
 #include <fstream>
 #include <functional>
 #include <initializer_list>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -45,13 +44,6 @@ void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), (std::streamsize)bytes.size());
   if (!f) throw kvt::Failure{"cannot write " + path};
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 // Runs `fn`, which must throw kvf::Error(BadModel) whose message contains every one of `parts`; returns it.
@@ -760,22 +752,29 @@ TEST_CASE("model bad: every truncation and header corruption is a BadModel error
   uint64_t n = 0;
   for (int k = 7; k >= 0; k--) n = n << 8 | (unsigned char)st[k];
   std::string path = dir.file("model.safetensors");
-  // Every cut inside the header, then every 61st byte of the data: all must fail cleanly.
-  int cuts = 0;
-  for (size_t len = 0; len < st.size(); len += len < 8 + n + 16 ? 1 : 61) {
-    write_file(path, st.substr(0, len));
+  // Every cut inside the header, then every 61st byte of the data: all must fail cleanly. The file is shrunk
+  // in place (longest cut first), so no cut rewrites it.
+  std::vector<size_t> lens;
+  for (size_t len = 0; len < st.size(); len += len < 8 + n + 16 ? 1 : 61) lens.push_back(len);
+  for (auto it = lens.rbegin(); it != lens.rend(); ++it) {
+    if (truncate(path.c_str(), (off_t)*it) != 0) throw kvt::Failure{"truncate failed"};
     EXPECT_BAD_MODEL(kvf::load_model(dir.path), path);
-    cuts++;
   }
-  EXPECT(cuts > (int)n);
-  // Corrupt each header byte in turn: the load either succeeds (a harmless change, e.g. in padding or a
-  // metadata value) or fails with BadModel; nothing else may happen.
+  EXPECT(lens.size() > n);
+  // Corrupt each header byte in turn (written in place, then restored): the load either succeeds (a harmless
+  // change, e.g. in padding or a metadata value) or fails with BadModel; nothing else may happen.
+  write_file(path, st);
+  FILE* fp = std::fopen(path.c_str(), "r+b");
+  if (!fp) throw kvt::Failure{"cannot reopen " + path};
+  auto put = [&](size_t pos, char c) {
+    std::fseek(fp, (long)pos, SEEK_SET);
+    std::fputc((unsigned char)c, fp);
+    std::fflush(fp);
+  };
   int ok = 0, bad = 0;
   for (size_t pos = 8; pos < 8 + n; pos++) {
     for (char c : {'\0', '9', '"', '}'}) {
-      std::string s = st;
-      s[pos] = c;
-      write_file(path, s);
+      put(pos, c);
       try {
         kvf::load_model(dir.path);
         ok++;
@@ -784,7 +783,9 @@ TEST_CASE("model bad: every truncation and header corruption is a BadModel error
         bad++;
       }
     }
+    put(pos, st[pos]);
   }
+  std::fclose(fp);
   EXPECT(bad > 0 && ok > 0);
   write_file(path, st);
   EXPECT(kvf::load_model(dir.path)->cfg.dtype == kvf::DType::F16);
