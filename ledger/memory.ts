@@ -342,11 +342,6 @@ export class MemoryLedger implements Ledger {
     return this.publish(reason === undefined ? { type: 'drain', worker_id: workerId } : { type: 'drain', worker_id: workerId, reason });
   }
 
-  /** Raw access to the fleet's channel (tests publish malformed messages through it). */
-  publishRaw(raw: string): number {
-    return this.backend.publish(this.channel, raw);
-  }
-
   async subscribe(onEvent: (e: LedgerEvent) => void, onError: (e: LedgerError) => void = () => {}): Promise<Subscription> {
     this.state('subscribe');
     const unsubscribe = this.backend.subscribe(this.channel, (raw) => {

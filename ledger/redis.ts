@@ -66,8 +66,8 @@ function toInt(v: unknown, what: string): number {
   return n;
 }
 
-const WORKER_NUMBER_FIELDS = ['total_pages', 'free_pages', 'page_size', 'num_layers', 'num_kv_heads', 'running', 'waiting',
-  'heartbeat_ms'] as const;
+type WorkerNumberField = 'total_pages' | 'free_pages' | 'page_size' | 'num_layers' | 'num_kv_heads' | 'running' | 'waiting'
+  | 'heartbeat_ms';
 
 function workerFieldArgs(f: WorkerFields): string[] {
   return ['addr', f.addr, 'total_pages', String(f.total_pages), 'free_pages', String(f.free_pages),
@@ -230,7 +230,7 @@ export class RedisLedger implements Ledger {
       const [worker_id, flat, reserved, count] = entry;
       const h: Record<string, string> = {};
       for (let i = 0; i + 1 < flat.length; i += 2) h[flat[i]] = flat[i + 1];
-      const num = (k: (typeof WORKER_NUMBER_FIELDS)[number]): number => {
+      const num = (k: WorkerNumberField): number => {
         if (h[k] === undefined) throw new LedgerError('invalid_reply', `ledger snapshot: worker '${worker_id}' has no field ${k}`);
         return toInt(h[k], `snapshot worker '${worker_id}' field ${k}`);
       };
