@@ -242,32 +242,43 @@ void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* 
 
   std::vector<float> A((size_t)H * m_prefix, 0.f);  // [H, m_prefix] sum over window queries of softmax weights
   // One query head per iteration, each writing only its own row of A: the result does not depend on the threads.
+  // Keys are visited in blocks of KB, and each block is used by all w queries of the head before the next block is
+  // loaded, so K is streamed from memory once per query head rather than once per (query head, query).
+  const int32_t max_vis = *std::max_element(visible.begin(), visible.end());
+  const size_t kstride = (size_t)Hk * d;  // key j of KV head g is at k + j * kstride + g * d
+  constexpr int32_t KB = 64;
 #pragma omp parallel
   {
-    std::vector<float> e((size_t)m);  // [m] logits, then exp(logit - max)
+    std::vector<float> E((size_t)w * max_vis);  // [w, max_vis] logits, then exp(logit - max)
 #pragma omp for schedule(static)
     for (int32_t h = 0; h < H; h++) {
       const int32_t g = h / G;
+      const float* kg = k + (size_t)g * d;
+      for (int32_t jb = 0; jb < max_vis; jb += KB) {
+        for (int32_t i = 0; i < w; i++) {
+          const int32_t je = std::min(jb + KB, visible[i]);
+          const float* qi = q + ((size_t)i * H + h) * d;
+          float* e = E.data() + (size_t)i * max_vis;
+          int32_t j = jb;
+          for (; j + 4 <= je; j += 4) {
+            const float* k0 = kg + (size_t)j * kstride;
+            dot4_f32(qi, k0, k0 + kstride, k0 + 2 * kstride, k0 + 3 * kstride, d, &e[j]);
+          }
+          for (; j < je; j++) e[j] = dot_f32(qi, kg + (size_t)j * kstride, d);
+        }
+      }
       float* Ah = A.data() + (size_t)h * m_prefix;
       for (int32_t i = 0; i < w; i++) {
         const int32_t vis = visible[i];
         if (vis == 0) continue;  // a query that sees no key gives every key weight 0
-        const float* qi = q + ((size_t)i * H + h) * d;
+        float* e = E.data() + (size_t)i * max_vis;
         float mxl = -std::numeric_limits<float>::infinity();
-        const size_t kstride = (size_t)Hk * d;  // key j of KV head g is at k + j * kstride + g * d
-        const float* kg = k + (size_t)g * d;
-        int32_t j = 0;
-        for (; j + 4 <= vis; j += 4) {
-          const float* k0 = kg + (size_t)j * kstride;
-          dot4_f32(qi, k0, k0 + kstride, k0 + 2 * kstride, k0 + 3 * kstride, d, &e[j]);
-        }
-        for (; j < vis; j++) e[j] = dot_f32(qi, kg + (size_t)j * kstride, d);
-        for (j = 0; j < vis; j++) {
+        for (int32_t j = 0; j < vis; j++) {
           e[j] *= scale;
           mxl = std::max(mxl, e[j]);
         }
         for (int32_t j = 0; j < vis; j++) e[j] = std::exp(e[j] - mxl);
-        const float inv = 1.0f / sum_f32(e.data(), vis);
+        const float inv = 1.0f / sum_f32(e, vis);
         const int32_t jn = std::min(vis, m_prefix);
         for (int32_t j = 0; j < jn; j++) Ah[j] += e[j] * inv;
       }

@@ -223,4 +223,18 @@ describe('compression: engine agrees with the reference', () => {
     expect(() => eng.validateBudget({ keepRatio: 0.25, method: 'ADA_PYRAMIDKV', pooling: 'AVG', gqaReduce: 'MAXIMUM' })).not.toThrow();
     expect(eng.budgetTokens({}, 5000)).toBe(1024); // the built-in default budget
   });
+
+  it('rejects malformed scoring and allocation arguments with BadArgumentError', () => {
+    const x = {
+      q: new Float32Array(7), qpos: Int32Array.of(3), k: new Float32Array(4 * 8), kpos: Int32Array.of(0, 1, 2, 3),
+      mPrefix: 3, H: 1, Hk: 1, d: 8, pooling: 'MAX' as const, reduce: 'MEAN' as const, kernel: 3,
+    };
+    expect(() => eng.snapkvScores(x)).toThrow(/q must have 8 elements/);
+    expect(() => eng.snapkvScores({ ...x, q: new Float32Array(8), kernel: 4 })).toThrow(/kernel must be odd/);
+    expect(() => eng.snapkvScores({ ...x, q: new Float32Array(8), kpos: Int32Array.of(0, 2, 1, 3) })).toThrow(/ascending/);
+    expect(() => eng.allocate(new Float32Array(4), 1, 4, 5, 0.2, true)).toThrow(/Bp <= m/);
+    try { eng.allocate(new Float32Array(3), 1, 4, 2, 0.2, true); expect.fail('no error'); } catch (e) {
+      expect((e as { code: string }).code).toBe('BAD_ARGUMENT');
+    }
+  });
 });
