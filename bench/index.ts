@@ -4,4 +4,6 @@ import type { BenchReport } from './report.ts';
 export interface BenchOptions { json: boolean; args: Record<string, string | boolean> }
 export type BenchModule = { run(opts: BenchOptions): Promise<BenchReport> };
 
-export const benches: Record<string, () => Promise<BenchModule>> = {};
+export const benches: Record<string, () => Promise<BenchModule>> = {
+  ledger: () => import('./ledger.ts'),
+};

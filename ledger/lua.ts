@@ -7,9 +7,12 @@
 //  - index score of a worker = free_pages − Σ reserved:<id> (effective free), for every indexed worker;
 //    only live, non-draining workers are indexed, except stale ones not yet met (a pick that meets one drops it).
 //  - every reservation is in three places: reserved:<id> (pages), reservations:<id> and expiring (expiry ms);
-//    a reservation is expired when its expiry <= now, and every script that reads capacity first drops all expired
-//    reservations (each once, O(log N)), so index scores never count an expired reservation.
+//    a reservation is expired when its expiry <= now, and every script that reads capacity first drops expired
+//    reservations (each once, O(log N); up to EXPIRE_BATCH per call), so index scores do not count them.
 //  - a pick reserves only when effective free >= need, so Σ reserved <= free_pages as of the last heartbeat.
+
+/** Expired reservations dropped per script call at most (memory.ts uses the same bound and order). */
+export const EXPIRE_BATCH = 256;
 
 const PRELUDE = `
 local PREFIX = ARGV[1]
@@ -35,8 +38,10 @@ local function drop_reservation(id, rid)
   return pages
 end
 
+-- At most EXPIRE_BATCH per call, oldest first, so a mass expiry (routers gone) never stalls Redis; reservations
+-- left for the next call only make capacity look smaller than it is, never larger.
 local function expire_due(now)
-  local due = redis.call('ZRANGEBYSCORE', K_EXP, '-inf', now)
+  local due = redis.call('ZRANGEBYSCORE', K_EXP, '-inf', now, 'LIMIT', 0, ${EXPIRE_BATCH})
   for _, m in ipairs(due) do
     local sep = string.find(m, '\\n', 1, true)
     drop_reservation(string.sub(m, 1, sep - 1), string.sub(m, sep + 1))

@@ -4,6 +4,7 @@
 // several "clients" of one fleet) share it. The logic mirrors ledger/lua.ts step for step, tie-breaks included.
 import type { BudgetSpec } from '../proto/index.ts';
 import { checkRequestId, checkWorkerId, fleetKeys } from './keys.ts';
+import { EXPIRE_BATCH } from './lua.ts';
 import {
   BudgetSpecSchema, DEFAULTS, LedgerError, checkBudgetName, checkPages, checkPolicy, checkTtl, checkWorkerFields, parseBudget, parseLedgerEvent,
   type HeartbeatOptions, type HeartbeatResult, type Ledger, type LedgerEvent, type LedgerSnapshot, type PickOptions,
@@ -130,10 +131,14 @@ export class MemoryLedger implements Ledger {
     return r.pages;
   }
 
+  /** Drops up to EXPIRE_BATCH expired reservations in the order of the `expiring` ZSET (expiry, then member bytes). */
   private static expireDue(s: FleetState, now: number): void {
+    const due: { id: string; rid: string; exp: number; member: string }[] = [];
     for (const [id, m] of s.reserved) {
-      for (const [rid, r] of m) if (r.expires_ms <= now) MemoryLedger.dropReservation(s, id, rid);
+      for (const [rid, r] of m) if (r.expires_ms <= now) due.push({ id, rid, exp: r.expires_ms, member: `${id}\n${rid}` });
     }
+    if (due.length > EXPIRE_BATCH) due.sort((a, b) => a.exp - b.exp || cmpBytes(a.member, b.member));
+    for (const d of due.slice(0, EXPIRE_BATCH)) MemoryLedger.dropReservation(s, d.id, d.rid);
   }
 
   /** The worker hash as Redis would hold it: undefined once its PEXPIRE has passed. */

@@ -167,6 +167,15 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       expect(await ledger.release('w', 'short')).toBe(0);
     });
 
+    it('drops a mass expiry in bounded batches, oldest first, never over-counting free pages', async () => {
+      await ledger.heartbeat('w', fields(1000), { ttlMs: LONG });
+      await Promise.all(Array.from({ length: 300 }, (_, i) => ledger.pick(1, `m${String(i).padStart(3, '0')}`, { ttlMs: 200 })));
+      await h.advance(300);
+      // each call drops at most EXPIRE_BATCH (256) expired reservations; the rest still count as reserved
+      expect((await ledger.snapshot()).workers[0]).toMatchObject({ reserved_pages: 44, reservations: 44, effective_free: 956 });
+      expect((await ledger.snapshot()).workers[0]).toMatchObject({ reserved_pages: 0, effective_free: 1000 });
+    });
+
     it('heartbeats remove admitted and rejected reservations and refresh queued ones', async () => {
       await ledger.heartbeat('w', fields(100), { ttlMs: LONG });
       await ledger.pick(10, 'admitted', { ttlMs: 250 });
