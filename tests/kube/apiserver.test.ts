@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   ApiextensionsV1Api, AppsV1Api, CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubernetesObjectApi, PatchStrategy,
-  Watch, makeInformer, ApisApi, VersionApi,
+  Watch, makeInformer, ApisApi, VersionApi, RbacAuthorizationV1Api,
   type KubeConfig, type V1ConfigMap, type V1Deployment, type V1CustomResourceDefinition,
 } from '@kubernetes/client-node';
 import { KubeApiServer } from './apiserver.ts';
@@ -196,6 +196,29 @@ describe('CRUD with resourceVersion semantics', () => {
     expect((await evs.listNamespacedEvent({ namespace: ns })).items.map((e) => e.metadata?.name)).toEqual(['e2']);
   });
 
+  it('strategic merge patch directives: $patch delete in a keyed list and $deleteFromPrimitiveList for finalizers', async () => {
+    const ns = await freshNamespace();
+    await apps.createNamespacedDeployment({ namespace: ns, body: { ...deployment('d'), metadata: { name: 'd', finalizers: ['a/x', 'b/y'] },
+      spec: { ...deployment('d').spec!, template: { metadata: { labels: { app: 'd' } }, spec: { containers: [
+        { name: 'worker', image: 'w:1', env: [{ name: 'A', value: '1' }, { name: 'B', value: '2' }] }, { name: 'sidecar', image: 's:1' }] } } } } });
+    const p = await apps.patchNamespacedDeployment({ name: 'd', namespace: ns, body: {
+      metadata: { '$deleteFromPrimitiveList/finalizers': ['a/x'] },
+      spec: { template: { spec: { containers: [{ name: 'sidecar', $patch: 'delete' }, { name: 'worker', env: [{ name: 'B', value: '3' }] }] } } } } },
+    patchOptions(PatchStrategy.StrategicMergePatch));
+    expect(p.metadata?.finalizers).toEqual(['b/y']);
+    expect(p.spec?.template.spec?.containers.map((c) => c.name)).toEqual(['worker']);
+    expect(p.spec?.template.spec?.containers[0].env).toEqual([{ name: 'A', value: '1' }, { name: 'B', value: '3' }]);
+  });
+
+  it('serves Roles and RoleBindings', async () => {
+    const ns = await freshNamespace();
+    const rbac = kc.makeApiClient(RbacAuthorizationV1Api);
+    await rbac.createNamespacedRole({ namespace: ns, body: { metadata: { name: 'r' }, rules: [{ apiGroups: [''], resources: ['configmaps'], verbs: ['get'] }] } });
+    await rbac.createNamespacedRoleBinding({ namespace: ns, body: { metadata: { name: 'rb' }, roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'r' },
+      subjects: [{ kind: 'ServiceAccount', name: 'op', namespace: ns }] } });
+    expect((await rbac.listNamespacedRoleBinding({ namespace: ns })).items.map((b) => b.roleRef.name)).toEqual(['r']);
+  });
+
   it('drives generic objects through KubernetesObjectApi, which discovers resources first', async () => {
     const ns = await freshNamespace();
     const objs = KubernetesObjectApi.makeApiClient(kc);
@@ -367,7 +390,9 @@ const fleetCrd: V1CustomResourceDefinition = {
                   targetKVPressure: { type: 'number', _default: 0.7 },
                 },
               },
-              tags: { type: 'array', maxItems: 2, items: { type: 'string', pattern: '^[a-z]+$' } },
+              tags: { type: 'array', maxItems: 2, items: { type: 'string', pattern: '^[a-z]+$' },
+                x_kubernetes_validations: [{ rule: "size(self) == 0 || (self.all(t, t.startsWith('x') || size(t) <= 12) && !self.exists(t, t == 'reserved'))",
+                  message: 'tag "reserved" is reserved' }] },
               extra: { type: 'object', x_kubernetes_preserve_unknown_fields: true },
             },
           },
@@ -425,6 +450,35 @@ describe('custom resources admitted from their CRD', () => {
     const order = await failure(custom.createNamespacedCustomObject({ ...target(ns),
       body: fleet(ns, 'order', { model: 'm', compression: { keepRatio: 0.3 }, autoscaling: { minReplicas: 5, maxReplicas: 2 } }) }));
     expect(order.details?.causes?.map((c) => c.field)).toEqual(['spec.autoscaling.minReplicas']);
+  });
+
+  it('supports size(), all(), exists() and string methods in rules', async () => {
+    const ns = await freshNamespace();
+    const s = await failure(custom.createNamespacedCustomObject({ ...target(ns),
+      body: fleet(ns, 'tags', { model: 'm', compression: { keepRatio: 0.5 }, tags: ['ok', 'reserved'] }) }));
+    expect(s.details?.causes).toEqual([{ reason: 'FieldValueInvalid', field: 'spec.tags', message: 'Invalid value: "array": tag "reserved" is reserved' }]);
+    await custom.createNamespacedCustomObject({ ...target(ns), body: fleet(ns, 'tags', { model: 'm', compression: { keepRatio: 0.5 }, tags: ['ok'] }) });
+  });
+
+  it('serves cluster-scoped custom resources', async () => {
+    const crds = kc.makeApiClient(ApiextensionsV1Api);
+    await crds.createCustomResourceDefinition({ body: { metadata: { name: 'kvbudgets.kvfleet.io' }, spec: {
+      group: 'kvfleet.io', scope: 'Cluster', names: { kind: 'KVBudget', plural: 'kvbudgets' },
+      versions: [{ name: 'v1alpha1', served: true, storage: true, schema: { openAPIV3Schema: { type: 'object', properties: {
+        spec: { type: 'object', properties: { pagesPerHead: { type: 'integer', minimum: 1, _default: 16 } } } } } } }] } } });
+    const t = { group: 'kvfleet.io', version: 'v1alpha1', plural: 'kvbudgets' };
+    const b = await custom.createClusterCustomObject({ ...t, body: { apiVersion: 'kvfleet.io/v1alpha1', kind: 'KVBudget', metadata: { name: 'small' }, spec: {} } }) as
+      { metadata: { namespace?: string }; spec: { pagesPerHead: number } };
+    expect(b.spec.pagesPerHead).toBe(16);
+    expect(b.metadata.namespace).toBeUndefined();
+    const list = await custom.listClusterCustomObject(t) as { items: { metadata: { name: string } }[] };
+    expect(list.items.map((i) => i.metadata.name)).toEqual(['small']);
+    // KubernetesObjectApi defaults to strategic merge patch, which custom resources refuse (415, as on a real server).
+    const objs = KubernetesObjectApi.makeApiClient(kc);
+    const spec = { apiVersion: 'kvfleet.io/v1alpha1', kind: 'KVBudget', metadata: { name: 'small' }, spec: { pagesPerHead: 32 } };
+    expect((await failure(objs.patch(spec))).code).toBe(415);
+    const patched = await objs.patch(spec, undefined, undefined, undefined, undefined, PatchStrategy.MergePatch) as unknown as { spec: { pagesPerHead: number } };
+    expect(patched.spec.pagesPerHead).toBe(32);
   });
 
   it('checks OpenAPI types, required, enum, bounds, pattern and maxItems, each cause naming its field', async () => {
@@ -708,7 +762,9 @@ describe('call record', () => {
     await eventually(() => server.calls().some((c) => c.verb === 'watch'), 'the watch call');
     req.abort();
     await core.deleteCollectionNamespacedConfigMap({ namespace: ns });
+    await custom.listClusterCustomObject({ group: 'kvfleet.io', version: 'v1alpha1', plural: 'notyet' }).catch(() => undefined);
     const calls = server.calls();
+    expect(calls.at(-1)).toMatchObject({ verb: 'list', group: 'kvfleet.io', resource: 'notyet', code: 404 });
     expect(calls[0]).toEqual({ verb: 'create', group: 'apps', resource: 'deployments', subresource: '', namespace: ns, name: '', code: 201 });
     expect(calls.find((c) => c.verb === 'list' && c.resource === 'deployments')).toMatchObject({ namespace: '' });
     expect(calls.find((c) => c.subresource === 'status')).toMatchObject({ verb: 'patch', resource: 'fleets', code: 404 });
@@ -718,6 +774,7 @@ describe('call record', () => {
       { apiGroups: ['apps'], resources: ['deployments/scale'], verbs: ['patch'] },
       { apiGroups: ['kvfleet.io'], resources: ['fleets'], verbs: ['list'] },
       { apiGroups: ['kvfleet.io'], resources: ['fleets/status'], verbs: ['patch'] },
+      { apiGroups: ['kvfleet.io'], resources: ['notyet'], verbs: ['list'] },
     ]);
   });
 });

@@ -464,17 +464,18 @@ export class KubeApiServer {
     }
     if (rest.length > 3) throw notServed();
     const [plural, name, sub] = [rest[0], rest[1] as string | undefined, rest[2] ?? ''];
-    const info = this.resolve(group, version, plural);
-    if (!info || (!info.namespaced && namespace !== undefined)) throw notServed();
-    if (sub !== '' && !((sub === 'status' && info.status) || (sub === 'scale' && info.scale))) throw notServed();
     const q = url.searchParams;
     const watch = q.get('watch') === 'true' || q.get('watch') === '1';
     const verb = method === 'GET' ? (watch ? 'watch' : name ? 'get' : 'list')
       : method === 'POST' ? 'create' : method === 'PUT' ? 'update' : method === 'PATCH' ? 'patch'
       : method === 'DELETE' ? (name ? 'delete' : 'deletecollection') : method.toLowerCase();
+    // Recorded before the resource is resolved: a call to a resource not served (yet) still needs RBAC.
     const record: CallRecord = { verb, group, resource: plural, subresource: sub, namespace: namespace ?? '', name: name ?? '', code: 0 };
     this.callLog.push(record);
     res.on('finish', () => { record.code = res.statusCode; });
+    const info = this.resolve(group, version, plural);
+    if (!info || (!info.namespaced && namespace !== undefined)) throw notServed();
+    if (sub !== '' && !((sub === 'status' && info.status) || (sub === 'scale' && info.scale))) throw notServed();
     const ns = info.namespaced ? namespace : undefined;
     if (info.namespaced && namespace === undefined && !(method === 'GET' && !name)) {
       // only list and watch span all namespaces
@@ -968,7 +969,7 @@ export class KubeApiServer {
     if (q.get('dryRun') === 'All') return { code: 200, obj: this.present(info, old) };
     const result = this.deleteObject(info, old, policy);
     const m = meta(result);
-    if (this.bucket(info).has(objKey(ns, name))) return { code: policy === 'Foreground' ? 202 : 200, obj: this.present(info, result) };
+    if (this.bucket(info).has(objKey(ns, name))) return { code: 200, obj: this.present(info, result) };
     if (info.returnDeleted) return { code: 200, obj: this.present(info, result) };
     return { code: 200, obj: { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success',
       details: { name, group: info.group, kind: info.plural, uid: m.uid } } };
