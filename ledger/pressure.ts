@@ -31,3 +31,9 @@ export function fleetPressure(workers: readonly Pick<WorkerSnapshot, 'total_page
   const queue = Math.min(1, waiting / Math.max(1, running));
   return { kv, queue, pressure: kv + queue, workers: ready.length };
 }
+
+/** Degraded mode (CONTRACTS.md): while Redis is unreachable a router reserves from a worker at most
+ *  floor(effective_free / live_routers), live routers as last seen (at least 1: itself). */
+export function degradedShare(effectiveFree: number, liveRouters: number): number {
+  return Math.max(0, Math.floor(effectiveFree / Math.max(1, liveRouters)));
+}

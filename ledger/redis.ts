@@ -205,7 +205,7 @@ export class RedisLedger implements Ledger {
     checkPolicy(policy);
     // p2c's randomness comes from the client as a seed: the script is deterministic given its arguments.
     const reply = await this.run(SCRIPTS.pick, this.fleetScriptKeys, [this.keys.prefix, needPages, requestId, ttl, policy,
-      randomInt(1, 2 ** 31 - 1)]) as unknown[] | null;
+      policy === 'p2c' ? randomInt(1, 2 ** 31 - 1) : 0]) as unknown[] | null;
     if (reply === null) return null;
     if (!Array.isArray(reply) || reply.length !== 3) throw new LedgerError('invalid_reply', `ledger pick: unexpected reply ${JSON.stringify(reply)}`);
     return { worker_id: String(reply[0]), addr: String(reply[1]), effective_free_after: toInt(reply[2], 'pick') };

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import {
   BUILTIN_DEFAULT_BUDGET, BudgetSpecError, budgetTokens, footprintPages, requestFootprintPages, resolveBudgetSpec,
 } from '../../ledger/footprint.ts';
-import { fleetPressure, workerPressure } from '../../ledger/pressure.ts';
+import { degradedShare, fleetPressure, workerPressure } from '../../ledger/pressure.ts';
 
 describe('footprintPages', () => {
   it('counts kept prompt tokens plus full growth without a decode cap', () => {
@@ -113,5 +113,11 @@ describe('kv pressure', () => {
     expect(fleet.workers).toBe(2);
     expect(fleetPressure([{ total_pages: 10, free_pages: 10, reserved_pages: 0, draining: false, running: 0, waiting: 5 }]).queue).toBe(1);
     expect(fleetPressure([])).toEqual({ kv: 0, queue: 0, pressure: 0, workers: 0 });
+  });
+
+  it('splits a worker\'s effective free pages among live routers in degraded mode', () => {
+    expect(degradedShare(100, 3)).toBe(33);
+    expect(degradedShare(100, 0)).toBe(100);
+    expect(degradedShare(-5, 2)).toBe(0);
   });
 });
