@@ -379,4 +379,6 @@ void allocate(const float* S, int32_t Hk, int32_t m, int32_t Bp, float alpha, bo
   KVF_CHECK(sum == (size_t)Hk * Bp, "allocation total differs from Hk * Bp");
 }
 
+int32_t safeguard_floor(float alpha, int32_t Bp) { return (int32_t)floor_scaled(alpha, Bp); }
+
 }  // namespace kvf

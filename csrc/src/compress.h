@@ -68,6 +68,10 @@ void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* 
 void allocate(const float* S, int32_t Hk, int32_t m, int32_t Bp, float alpha, bool ada,
               std::vector<std::vector<int32_t>>& kept);
 
+// The per-head safeguard f = floor(alpha * Bp), with the float-ratio rounding rule budget_tokens uses (alpha arrived
+// as a float: a product within Bp * 2^-24 of an integer is that integer).
+int32_t safeguard_floor(float alpha, int32_t Bp);
+
 inline bool method_is_ada(Method m) { return m == Method::AdaSnapKV || m == Method::AdaPyramidKV; }
 inline bool method_is_pyramid(Method m) { return m == Method::PyramidKV || m == Method::AdaPyramidKV; }
 

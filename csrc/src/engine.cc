@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 
+#include "decode_cap.h"
+
 namespace kvf {
 
 struct Engine::Sequence {
@@ -22,6 +24,10 @@ struct Engine::Sequence {
   int32_t positions = 0;              // positions computed into the cache
   int32_t peak_pages = 0;
   Finish finish = Finish::None;
+  // decode cap: the last w query vectors of every layer, slot = position % w: [L, w, H, d]
+  std::vector<float> qring;
+  int32_t recompressions = 0;
+  bool capped() const { return budget.decode_max_tokens_per_head > 0 && budget.method != Method::Full; }
 };
 
 // One step's rows: decode rows [0, Bd) first, then one block of n rows per prefilling sequence.
@@ -187,6 +193,10 @@ void Engine::prefill_attention_and_cache(int32_t l, Sequence& s, float* q, float
   const auto& c = model_->cfg;
   backend_->attn_prefill(attn, q, k, v, n, c.H, c.Hk, c.d);
   if (s.finish == Finish::Failed) return;
+  if (s.capped()) {  // the window's queries start the decode-cap ring
+    const int32_t w = s.budget.window;
+    for (int32_t i = std::max(0, n - w); i < n; i++) push_query(s, l, i, q + (size_t)i * c.H * c.d);
+  }
   std::vector<std::vector<int32_t>> kept((size_t)c.Hk);
   if (s.layer_budget.empty()) {
     for (auto& kh : kept) {
@@ -264,6 +274,8 @@ void Engine::run_layer(int32_t l, Work& w) {
     backend_->rope(q, w.pos.data() + r0, T, c.H, rope_);
     backend_->rope(k, w.pos.data() + r0, T, c.Hk, rope_);
   }
+  for (size_t b = 0; b < w.dec.size(); b++)
+    if (w.dec[b]->capped()) push_query(*w.dec[b], l, w.pos[b], w.q + b * (size_t)Hd);
 
   // decode rows: append this token's K/V to each head's pages, then attend over each head's own length
   const int32_t Bd = (int32_t)w.dec.size();
@@ -442,7 +454,10 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits) {
         backend_->copy(s.hidden, w.x + (size_t)blk.row0 * c.D, (size_t)blk.n * c.D * sizeof(float));
       }
     }
-    for (Sequence* s : w.dec) s->positions++;
+    for (Sequence* s : w.dec) {
+      s->positions++;
+      if (s->capped()) apply_decode_cap(*s);
+    }
     if (!out_rows.empty()) {
       const int32_t R = (int32_t)out_rows.size();
       float* xr = buf.f32((size_t)R * c.D);
@@ -469,6 +484,77 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits) {
   return res;
 }
 
+void Engine::push_query(Sequence& s, int32_t l, int32_t position, const float* q_row) {
+  const auto& c = model_->cfg;
+  const int32_t w = s.budget.window;
+  const size_t row = (size_t)c.H * c.d;
+  if (s.qring.empty()) s.qring.assign((size_t)c.L * w * row, 0.f);
+  backend_->download(s.qring.data() + ((size_t)l * w + position % w) * row, q_row, row * sizeof(float));
+}
+
+// Evicts layers whose mean per-head length passed D + P down to a mean of D (the newest w tokens of every head
+// protected), then compacts. Uniform methods give every head D; Ada methods allocate as prefill does.
+void Engine::apply_decode_cap(Sequence& s) {
+  const auto& c = model_->cfg;
+  const int32_t D = s.budget.decode_max_tokens_per_head, P = opts_.page_size, w = s.budget.window;
+  for (int32_t l = 0; l < c.L; l++) {
+    int64_t sum = 0;
+    for (int32_t g = 0; g < c.Hk; g++) sum += s.cache.at(l, g).len();
+    if (sum <= (int64_t)(D + P) * c.Hk) continue;
+    // queries of the last wq positions, in position order: [wq, H, d]
+    const int32_t wq = std::min(w, s.positions);
+    const size_t row = (size_t)c.H * c.d;
+    std::vector<int32_t> qpos(wq);
+    const int32_t G = c.H / c.Hk;
+    std::vector<std::vector<float>> S(c.Hk);
+    std::vector<int32_t> protect(c.Hk);
+    for (int32_t g = 0; g < c.Hk; g++) {
+      const HeadCache& hc = s.cache.at(l, g);
+      const int32_t len = hc.len();
+      protect[g] = std::min(w, len);
+      const int32_t mp = len - protect[g];
+      std::vector<float> qg((size_t)wq * G * c.d);
+      for (int32_t i = 0; i < wq; i++) {
+        const int32_t p = s.positions - wq + i;
+        qpos[i] = p;
+        const float* src = s.qring.data() + ((size_t)l * w + p % w) * row + (size_t)g * G * c.d;
+        std::copy(src, src + (size_t)G * c.d, qg.data() + (size_t)i * G * c.d);
+      }
+      std::vector<int32_t> page(len), slot(len);
+      for (int32_t i = 0; i < len; i++) {
+        page[i] = hc.pages[i / P];
+        slot[i] = i % P;
+      }
+      std::vector<float> kh((size_t)len * c.d), vh((size_t)len * c.d);
+      backend_->kv_read(kv_, page.data(), slot.data(), len, kh.data(), vh.data());
+      S[g].resize(mp);
+      if (mp > 0)
+        snapkv_scores(qg.data(), qpos.data(), wq, kh.data(), hc.pos.data(), len, mp, G, 1, c.d, s.budget.pooling,
+                      s.budget.gqa_reduce, s.budget.pool_kernel, S[g].data());
+    }
+    std::vector<std::vector<int32_t>> kept;
+    allocate_ragged(S, std::max(0, D - w), s.budget.floor_alpha, method_is_ada(s.budget.method), kept);
+    // plan every head first (no side effects), then apply
+    std::vector<HeadCompaction> plans(c.Hk);
+    for (int32_t g = 0; g < c.Hk; g++) {
+      const HeadCache& hc = s.cache.at(l, g);
+      for (int32_t i = hc.len() - protect[g]; i < hc.len(); i++) kept[g].push_back(i);
+      plans[g] = plan_compaction(hc.pages, hc.pos, kept[g], P);
+    }
+    for (int32_t g = 0; g < c.Hk; g++) {
+      HeadCompaction& pl = plans[g];
+      HeadCache& hc = s.cache.at(l, g);
+      if (!pl.src_page.empty())
+        backend_->kv_copy(kv_, pl.src_page.data(), pl.src_slot.data(), pl.dst_page.data(), pl.dst_slot.data(),
+                          (int32_t)pl.src_page.size());
+      for (int32_t p : pl.free_pages) pool_.free(p);
+      hc.pages = std::move(pl.new_pages);
+      hc.pos = std::move(pl.new_pos);
+    }
+    s.recompressions++;
+  }
+}
+
 SeqStats Engine::seq_stats(int64_t id) const {
   const Sequence& s = get(id);
   const auto& c = model_->cfg;
@@ -491,6 +577,7 @@ SeqStats Engine::seq_stats(int64_t id) const {
   st.layers_done = s.layers_done;
   st.prefilling = s.prefilling;
   st.finish = s.finish;
+  st.recompressions = s.recompressions;
   return st;
 }
 
@@ -507,18 +594,19 @@ PoolStats Engine::pool_stats() const {
   return p;
 }
 
-std::vector<int32_t> Engine::head_positions(int64_t id, int32_t layer, int32_t head) const {
+const HeadCache& Engine::head(int64_t id, int32_t layer, int32_t head) const {
   const Sequence& s = get(id);
   if (layer < 0 || layer >= model_->cfg.L || head < 0 || head >= model_->cfg.Hk)
-    bad_argument("layer/head out of range");
-  return s.cache.at(layer, head).pos;
+    bad_argument("layer " + std::to_string(layer) + " / KV head " + std::to_string(head) + " out of range");
+  return s.cache.at(layer, head);
 }
 
-void Engine::head_kv(int64_t id, int32_t layer, int32_t head, std::vector<float>& k, std::vector<float>& v) {
-  const Sequence& s = get(id);
-  if (layer < 0 || layer >= model_->cfg.L || head < 0 || head >= model_->cfg.Hk)
-    bad_argument("layer/head out of range");
-  const HeadCache& hc = s.cache.at(layer, head);
+std::vector<int32_t> Engine::head_positions(int64_t id, int32_t layer, int32_t h) const { return head(id, layer, h).pos; }
+
+std::vector<int32_t> Engine::head_pages(int64_t id, int32_t layer, int32_t h) const { return head(id, layer, h).pages; }
+
+void Engine::head_kv(int64_t id, int32_t layer, int32_t h, std::vector<float>& k, std::vector<float>& v) {
+  const HeadCache& hc = head(id, layer, h);
   const int32_t len = hc.len(), P = opts_.page_size;
   std::vector<int32_t> page(len), slot(len);
   for (int32_t i = 0; i < len; i++) {

@@ -42,6 +42,7 @@ struct SeqStats {
   int32_t layers_done = 0;      // prefill progress
   bool prefilling = false;
   Finish finish = Finish::None;
+  int32_t recompressions = 0;   // decode-cap recompressions (layer evictions) so far
 };
 
 struct PoolStats {
@@ -96,6 +97,9 @@ class Engine {
   PoolStats pool_stats() const;
   // Original positions held by (layer, head) of a sequence (tests, debugging).
   std::vector<int32_t> head_positions(int64_t id, int32_t layer, int32_t head) const;
+  // Page ids of (layer, head) of a sequence, in order (tests).
+  std::vector<int32_t> head_pages(int64_t id, int32_t layer, int32_t head) const;
+  const KVStoreDesc& kv_store() const { return kv_; }
   // Reads back the cached K, V of (layer, head) as fp32 [len, d] each (tests).
   void head_kv(int64_t id, int32_t layer, int32_t head, std::vector<float>& k, std::vector<float>& v);
 
@@ -104,11 +108,14 @@ class Engine {
   struct Work;
   Sequence& get(int64_t id);
   const Sequence& get(int64_t id) const;
+  const HeadCache& head(int64_t id, int32_t layer, int32_t head) const;  // range-checked
   void run_layer(int32_t l, Work& w);
   void prefill_attention_and_cache(int32_t l, Sequence& s, float* q, float* k, float* v, float* attn, int32_t n);
   void finish_token(Sequence& s, StepSeqResult& r, float* logits, bool want_logits);
   void fail_sequence(Sequence& s, StepSeqResult& r);
   void note_pages(Sequence& s);
+  void push_query(Sequence& s, int32_t l, int32_t position, const float* q_row);
+  void apply_decode_cap(Sequence& s);
 
   std::shared_ptr<Model> model_;
   EngineOptions opts_;
