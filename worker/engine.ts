@@ -64,6 +64,7 @@ export interface StepSeqResult {
   outOfPages: boolean;
   finish: FinishCode;
   logits?: Float32Array;  // [V], when requested
+  attn?: Float32Array;    // [L, H*d] decode rows' attention outputs (before o_proj), when requested
 }
 export interface StepResult { seqs: StepSeqResult[]; decodeRows: number; prefillRows: number; sequences: number; ms: number }
 
@@ -71,6 +72,7 @@ export interface SeqStats {
   id: number; promptTokens: number; generatedTokens: number; positions: number;
   keptTokens: number; fullTokens: number; minHeadTokens: number; maxHeadTokens: number;
   pages: number; peakPages: number; layersDone: number; prefilling: boolean; finish: FinishCode;
+  recompressions: number;  // decode-cap layer recompressions so far
 }
 export interface PoolStats {
   totalPages: number; freePages: number; pageSize: number; numLayers: number; numKvHeads: number;
@@ -87,7 +89,7 @@ export interface NativeEngine {
   addSequence(prompt: number[] | Int32Array, sampling: EngineSampling | undefined, budget: EngineBudget | undefined,
     resume: number[] | undefined): number;
   release(id: number): void;
-  step(batch: { id: number; maxLayers?: number }[], wantLogits: boolean): Promise<StepResult>;
+  step(batch: { id: number; maxLayers?: number }[], wantLogits: boolean, wantAttn?: boolean): Promise<StepResult>;
   seqStats(id: number): SeqStats;
   poolStats(): PoolStats;
   config(): ModelInfo;
@@ -173,14 +175,14 @@ export class Engine {
   }
 
   /** Runs one step off the event loop. One at a time: a second call waits for the first. */
-  async step(batch: { id: number; maxLayers?: number }[], wantLogits = false): Promise<StepResult> {
+  async step(batch: { id: number; maxLayers?: number }[], wantLogits = false, wantAttn = false): Promise<StepResult> {
     const prev = this.running;
     let done!: () => void;
     this.running = new Promise<void>((r) => { done = r; });
     await prev.catch(() => undefined);
     this.stepping = true;
     try {
-      return await this.n.step(batch, wantLogits);
+      return await this.n.step(batch, wantLogits, wantAttn);
     } catch (err) {
       throw toEngineError(err);
     } finally {

@@ -41,6 +41,8 @@ struct Engine::Work {
   std::vector<Block> pre;
   std::vector<int32_t> pos;  // [T] position of each row
   int32_t T = 0;
+  bool want_attn = false;
+  std::vector<float> dec_attn;  // [Bd, L, H*d] when want_attn
   // backend buffers, sized for T rows
   float *x = nullptr, *xn = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *attn = nullptr, *o = nullptr,
         *gate = nullptr, *up = nullptr;
@@ -302,6 +304,11 @@ void Engine::run_layer(int32_t l, Work& w) {
       note_pages(s);
     }
     backend_->attn_decode(w.attn, w.q, Bd, c.H, c.Hk, heads.data(), kv_);
+    if (w.want_attn) {
+      const size_t row = (size_t)c.H * c.d;
+      for (int32_t b = 0; b < Bd; b++)
+        backend_->download(w.dec_attn.data() + ((size_t)b * c.L + l) * row, w.attn + (size_t)b * row, row * sizeof(float));
+    }
   }
   for (auto& blk : w.pre) {
     if (!(blk.l0 <= l && l < blk.l1) || blk.s->finish == Finish::Failed) continue;
@@ -351,7 +358,7 @@ void Engine::finish_token(Sequence& s, StepSeqResult& r, float* logits, bool wan
   r.finish = s.finish;
 }
 
-StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits) {
+StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits, bool want_attn) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto& c = model_->cfg;
   StepResult res;
@@ -393,6 +400,8 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits) {
     pre_res.push_back(r);
   }
   w.T = row;
+  w.want_attn = want_attn;
+  if (want_attn) w.dec_attn.assign(w.dec.size() * c.L * c.H * c.d, 0.f);
   res.decode_rows = (int32_t)w.dec.size();
   res.prefill_rows = w.T - res.decode_rows;
   if (w.T > 0) {
@@ -426,6 +435,10 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits) {
     std::vector<StepSeqResult*> out_res;
     std::vector<Sequence*> out_seq;
     for (size_t b = 0; b < w.dec.size(); b++) {
+      if (want_attn) {
+        const size_t n = (size_t)c.L * c.H * c.d;
+        dec_res[b].attn.assign(w.dec_attn.begin() + b * n, w.dec_attn.begin() + (b + 1) * n);
+      }
       out_rows.push_back((int32_t)b);
       out_res.push_back(&dec_res[b]);
       out_seq.push_back(w.dec[b]);

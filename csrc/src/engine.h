@@ -64,6 +64,7 @@ struct StepSeqResult {
   bool out_of_pages = false;   // the sequence could not get pages: not advanced (decode) or failed (prefill)
   Finish finish = Finish::None;
   std::vector<float> logits;   // [V] at the sampled position, when requested
+  std::vector<float> attn;     // [L, H*d] decode rows' attention outputs (before o_proj), when requested
 };
 
 struct StepResult {
@@ -91,7 +92,8 @@ class Engine {
   void release(int64_t id);
   bool has(int64_t id) const { return seqs_.count(id) != 0; }
 
-  StepResult step(const std::vector<StepSeq>& batch, bool want_logits);
+  // want_attn: decode rows also return every layer's attention output (the quality benchmark's measure).
+  StepResult step(const std::vector<StepSeq>& batch, bool want_logits, bool want_attn = false);
 
   SeqStats seq_stats(int64_t id) const;
   PoolStats pool_stats() const;

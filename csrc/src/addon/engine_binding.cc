@@ -161,15 +161,15 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   class StepWorker : public Napi::AsyncWorker {
    public:
-    StepWorker(Napi::Env env, EngineWrap* self, std::vector<kvf::StepSeq> batch, bool want_logits)
-        : Napi::AsyncWorker(env), self_(self), batch_(std::move(batch)), want_logits_(want_logits),
+    StepWorker(Napi::Env env, EngineWrap* self, std::vector<kvf::StepSeq> batch, bool want_logits, bool want_attn)
+        : Napi::AsyncWorker(env), self_(self), batch_(std::move(batch)), want_logits_(want_logits), want_attn_(want_attn),
           deferred_(Napi::Promise::Deferred::New(env)) {
       self_->Ref();
     }
     Napi::Promise Promise() { return deferred_.Promise(); }
     void Execute() override {
       try {
-        result_ = self_->engine_->step(batch_, want_logits_);
+        result_ = self_->engine_->step(batch_, want_logits_, want_attn_);
       } catch (const kvf::Error& e) {
         err_code_ = kvf::error_kind_name(e.kind);
         err_ = e.what();
@@ -206,6 +206,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
           std::memcpy(a.Data(), r.logits.data(), r.logits.size() * sizeof(float));
           o.Set("logits", a);
         }
+        if (!r.attn.empty()) {
+          auto a = Napi::Float32Array::New(env, r.attn.size());
+          std::memcpy(a.Data(), r.attn.data(), r.attn.size() * sizeof(float));
+          o.Set("attn", a);
+        }
         seqs.Set((uint32_t)i, o);
       }
       out.Set("seqs", seqs);
@@ -224,7 +229,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
    private:
     EngineWrap* self_;
     std::vector<kvf::StepSeq> batch_;
-    bool want_logits_;
+    bool want_logits_, want_attn_;
     Napi::Promise::Deferred deferred_;
     kvf::StepResult result_;
     std::string err_code_, err_;
@@ -249,8 +254,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         batch.push_back(s);
       }
       bool want_logits = cb.Length() > 1 && cb[1].ToBoolean().Value();
+      bool want_attn = cb.Length() > 2 && cb[2].ToBoolean().Value();
       busy_ = true;
-      auto* w = new StepWorker(env, this, std::move(batch), want_logits);
+      auto* w = new StepWorker(env, this, std::move(batch), want_logits, want_attn);
       Napi::Promise p = w->Promise();
       w->Queue();
       return p;
@@ -276,6 +282,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       o.Set("layersDone", st.layers_done);
       o.Set("prefilling", st.prefilling);
       o.Set("finish", (int)st.finish);
+      o.Set("recompressions", st.recompressions);
       return o;
     });
   }
