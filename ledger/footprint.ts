@@ -109,18 +109,20 @@ export function resolveBudgetSpec(spec: BudgetSpec): ResolvedBudgetSpec {
 
 /**
  * B(n), budget tokens per head for a prompt of n tokens: tokens_per_head; or for keep_ratio r,
- * B = min(n, max(w + 1, ceil(r · n))); FULL: n. keep_ratio travels as a proto float (32-bit), so r · n is taken in
- * float32, as C++ `ceilf(r * n)` would: r is rounded to float32 first (a ratio read from JSON, 0.1, and the same
- * ratio decoded from gRPC, 0.10000000149…, give the same B), and the product of a float32 and an integer below 2^29
- * is exact in a double, so rounding it once to float32 equals the float32 multiply. Hence 0.1 · 1000 → 100, not 101.
+ * B = min(n, max(w + 1, ceil(r · n))); FULL: n. keep_ratio travels as a proto float (32-bit): r is rounded to float32
+ * first (0.1 from JSON and 0.10000000149… from gRPC give the same B), and a product r · n within the float's own
+ * representation error (n · 2^-24) of an integer is that integer, so 0.3 · 100 is 30, not 31. This is the engine's
+ * rule (csrc/src/compress.cc, budget_tokens); tests/ledger/engine-agreement.test.ts checks the two agree.
  */
 export function budgetTokens(spec: BudgetSpec | ResolvedBudgetSpec, n: number): number {
   checkCount('n', n, 0);
   const s = resolveBudgetSpec(spec);
   if (s.method === 'FULL') return n;
   if (s.tokens_per_head !== undefined) return s.tokens_per_head;
-  const rn = Math.fround(Math.fround(s.keep_ratio!) * n);
-  return Math.min(n, Math.max(s.window + 1, Math.ceil(rn)));
+  const x = Math.fround(s.keep_ratio!) * n;  // exact in a double for n < 2^29
+  const k = Math.round(x);
+  const rn = Math.abs(x - k) <= n * 2 ** -24 ? k : Math.ceil(x);
+  return Math.min(n, Math.max(s.window + 1, rn));
 }
 
 /** The footprint of a request under a budget spec: footprintPages with B = budgetTokens(spec, n) and D from spec. */
