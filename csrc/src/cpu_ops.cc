@@ -168,11 +168,14 @@ inline float dot_f32(const float* a, const float* b, int32_t n) {
 
 class CpuBackend final : public Backend {
  public:
+  // threads: 0 = OpenMP's default. Passed to every parallel region (num_threads), because steps run on whichever
+  // libuv thread picks them up and omp_set_num_threads would only bind the thread that called it.
   explicit CpuBackend(int32_t threads) {
 #ifdef _OPENMP
-    if (threads > 0) omp_set_num_threads(threads);
-#endif
+    nt_ = threads > 0 ? threads : omp_get_max_threads();
+#else
     (void)threads;
+#endif
   }
   const char* name() const override { return "cpu"; }
   bool supports(Op op) const override { return op != Op::Count; }
@@ -207,7 +210,7 @@ class CpuBackend final : public Backend {
   void matmul(float* out, const float* x, int32_t T, const Weight& W, const float* bias) override {
     const int32_t N = W.rows;
     const int32_t NB = N / 4;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nt_)
     for (int32_t b = 0; b < NB; b++) matmul_cols<4>(out, x, T, W, bias, b * 4);
     for (int32_t n = NB * 4; n < N; n++) matmul_cols<1>(out, x, T, W, bias, n);
   }
@@ -248,7 +251,7 @@ class CpuBackend final : public Backend {
                     int32_t d) override {
     const int32_t G = H / Hk;
     const float scale = 1.f / std::sqrt((float)d);
-#pragma omp parallel
+#pragma omp parallel num_threads(nt_)
     {
       std::vector<float> s((size_t)n);
 #pragma omp for schedule(dynamic, 4) collapse(2)
@@ -279,7 +282,7 @@ class CpuBackend final : public Backend {
                    const KVStoreDesc& kv) override {
     const int32_t G = H / Hk, d = kv.d, P = kv.P;
     const float scale = 1.f / std::sqrt((float)d);
-#pragma omp parallel
+#pragma omp parallel num_threads(nt_)
     {
       std::vector<float> s, krow((size_t)d);
 #pragma omp for schedule(dynamic, 1) collapse(2)
@@ -359,6 +362,9 @@ class CpuBackend final : public Backend {
       }
     }
   }
+
+ private:
+  int nt_ = 1;  // threads per parallel region
 };
 
 }  // namespace
