@@ -3,10 +3,12 @@
 import type { Command } from 'commander';
 import { registerBench } from './bench.ts';
 import { registerSynthModel } from './synth-model.ts';
+import { registerWorker } from './worker.ts';
 
 export type Registrar = (program: Command) => void;
 
 export const registrars: Registrar[] = [
   registerBench,
   registerSynthModel,
+  registerWorker,
 ];

@@ -1,0 +1,125 @@
+// Worker options in stages (STYLE.md 9): raw strings from the command line and the environment → one zod parse at
+// start → a typed, defaulted WorkerConfig. Nothing below this file reads process.env or argv.
+//
+// Every option has an environment name (the command line wins when both are set):
+//   --model DIR                KVFLEET_MODEL               model directory (config.json, *.safetensors, tokenizer.json)
+//   --port N                   KVFLEET_PORT                gRPC port (0 = any free port)
+//   --host H                   KVFLEET_HOST                bind address, default 127.0.0.1
+//   --kv-memory BYTES          KVFLEET_KV_MEMORY           page pool size in bytes (suffixes K M G Ki Mi Gi)
+//   --kv-memory-fraction F     KVFLEET_KV_MEMORY_FRACTION  fraction of free memory for the pool (CPU: host free memory)
+//   --num-pages N              KVFLEET_NUM_PAGES           exact page count (tests)
+//   --page-size P              KVFLEET_PAGE_SIZE           tokens per page, default 16
+//   --kv-dtype f16|f32         KVFLEET_KV_DTYPE            page dtype, default f16
+//   --max-running N            KVFLEET_MAX_RUNNING         running sequences at most, default 256
+//   --max-model-len N          KVFLEET_MAX_MODEL_LEN       prompt + max_new_tokens at most, default the model's context
+//   --admission reserve|optimistic  KVFLEET_ADMISSION      default reserve (ARCHITECTURE.md, "Footprint formula")
+//   --max-queue N              KVFLEET_MAX_QUEUE           waiting requests at most (RESOURCE_EXHAUSTED past it), default 1024
+//   --max-prefill-tokens N     KVFLEET_MAX_PREFILL_TOKENS  prefill work per step, in prompt tokens × all layers, default 2048
+//   --worker-id ID             KVFLEET_WORKER_ID           default POD_NAME, else host:port (CONTRACTS.md, "Worker identity")
+//   --metrics-port N           KVFLEET_METRICS_PORT        Prometheus port (served from Worker II on), default 9400, 0 = off
+//   --log-level L              KVFLEET_LOG_LEVEL           pino level, default info
+// With none of --kv-memory / --kv-memory-fraction / --num-pages the pool takes a fraction of free memory:
+// 0.9 of the device's memory with CUDA (Fleet's kvMemoryFraction default), 0.5 of free host memory on CPU.
+import { z } from 'zod';
+
+export const ADMISSION = ['reserve', 'optimistic'] as const;
+export type Admission = (typeof ADMISSION)[number];
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+export class WorkerConfigError extends Error {
+  constructor(message: string) { super(message); this.name = 'WorkerConfigError'; }
+}
+
+/** Option key → [command-line flag, environment variable]. */
+export const OPTION_NAMES = {
+  model: ['--model', 'KVFLEET_MODEL'],
+  port: ['--port', 'KVFLEET_PORT'],
+  host: ['--host', 'KVFLEET_HOST'],
+  kvMemory: ['--kv-memory', 'KVFLEET_KV_MEMORY'],
+  kvMemoryFraction: ['--kv-memory-fraction', 'KVFLEET_KV_MEMORY_FRACTION'],
+  numPages: ['--num-pages', 'KVFLEET_NUM_PAGES'],
+  pageSize: ['--page-size', 'KVFLEET_PAGE_SIZE'],
+  kvDtype: ['--kv-dtype', 'KVFLEET_KV_DTYPE'],
+  maxRunning: ['--max-running', 'KVFLEET_MAX_RUNNING'],
+  maxModelLen: ['--max-model-len', 'KVFLEET_MAX_MODEL_LEN'],
+  admission: ['--admission', 'KVFLEET_ADMISSION'],
+  maxQueue: ['--max-queue', 'KVFLEET_MAX_QUEUE'],
+  maxPrefillTokens: ['--max-prefill-tokens', 'KVFLEET_MAX_PREFILL_TOKENS'],
+  workerId: ['--worker-id', 'KVFLEET_WORKER_ID'],
+  metricsPort: ['--metrics-port', 'KVFLEET_METRICS_PORT'],
+  logLevel: ['--log-level', 'KVFLEET_LOG_LEVEL'],
+} as const;
+export type OptionKey = keyof typeof OPTION_NAMES;
+
+const UNITS: Record<string, number> = {
+  '': 1, K: 1e3, M: 1e6, G: 1e9, T: 1e12, KI: 2 ** 10, MI: 2 ** 20, GI: 2 ** 30, TI: 2 ** 40,
+};
+
+/** "512Mi", "2G", "1048576" → bytes; anything else is a zod issue. */
+const bytes = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  if (typeof v === 'number') {
+    if (Number.isSafeInteger(v) && v > 0) return v;
+    ctx.addIssue({ code: 'custom', message: `must be a positive integer number of bytes, got ${v}` });
+    return z.NEVER;
+  }
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?$/i.exec(v.trim());
+  const n = m ? Math.floor(Number(m[1]) * UNITS[(m[2] ?? '').toUpperCase()]) : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    ctx.addIssue({ code: 'custom', message: `must be a byte count like 1073741824, 512Mi or 2G, got '${v}'` });
+    return z.NEVER;
+  }
+  return n;
+});
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+
+export const WorkerConfigSchema = z.object({
+  model: z.string().min(1, 'is required (a model directory)'),
+  port: int(0, 65535),
+  host: z.string().min(1).default('127.0.0.1'),
+  kvMemory: bytes.optional(),
+  kvMemoryFraction: z.coerce.number().gt(0).lte(1).optional(),
+  numPages: int(1).optional(),
+  pageSize: int(1, 4096).default(16),
+  kvDtype: z.enum(['f16', 'f32']).default('f16'),
+  maxRunning: int(1).default(256),
+  maxModelLen: int(1).optional(),
+  admission: z.enum(ADMISSION).default('reserve'),
+  maxQueue: int(0).default(1024),
+  maxPrefillTokens: int(1).default(2048),
+  workerId: z.string().min(1).optional(),
+  metricsPort: int(0, 65535).default(9400),
+  logLevel: z.enum(LOG_LEVELS).default('info'),
+}).superRefine((c, ctx) => {
+  const set = (['kvMemory', 'kvMemoryFraction', 'numPages'] as const).filter((k) => c[k] !== undefined);
+  if (set.length > 1) {
+    ctx.addIssue({ code: 'custom', path: [set[1]],
+      message: `give at most one of --kv-memory, --kv-memory-fraction, --num-pages (got ${set.map((k) => OPTION_NAMES[k][0]).join(' and ')})` });
+  }
+});
+export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
+export type WorkerConfigInput = Partial<Record<OptionKey, string | number | undefined>>;
+
+/**
+ * The one parse: command-line values over environment values, then the schema. Throws WorkerConfigError whose
+ * message names each bad option by flag and environment variable.
+ */
+export function parseWorkerConfig(cli: WorkerConfigInput, env: NodeJS.ProcessEnv = {}): WorkerConfig & { podName?: string } {
+  const raw: Record<string, unknown> = {};
+  for (const [key, [, envName]] of Object.entries(OPTION_NAMES)) {
+    const v = cli[key as OptionKey] ?? env[envName];
+    if (v !== undefined && v !== '') raw[key] = v;
+  }
+  const r = WorkerConfigSchema.safeParse(raw);
+  if (!r.success) {
+    const lines = r.error.issues.map((i) => {
+      const key = String(i.path[0] ?? '') as OptionKey;
+      const names = OPTION_NAMES[key];
+      const what = names ? `${names[0]} (${names[1]})` : key || 'options';
+      const msg = raw[key] === undefined && i.code === 'invalid_type' ? 'is required' : i.message;
+      return `${what}: ${msg}`;
+    });
+    throw new WorkerConfigError(`invalid worker options:\n  ${lines.join('\n  ')}`);
+  }
+  const podName = env.POD_NAME !== undefined && env.POD_NAME !== '' ? env.POD_NAME : undefined;
+  return { ...r.data, podName };
+}
