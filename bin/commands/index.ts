@@ -2,6 +2,8 @@
 // options; the implementation is imported lazily inside the action, so `kvfleet --help` stays fast.
 import type { Command } from 'commander';
 import { registerBench } from './bench.ts';
+import { registerGenerate } from './generate.ts';
+import { registerRouter } from './router.ts';
 import { registerSynthModel } from './synth-model.ts';
 import { registerWorker } from './worker.ts';
 
@@ -9,6 +11,8 @@ export type Registrar = (program: Command) => void;
 
 export const registrars: Registrar[] = [
   registerBench,
+  registerGenerate,
+  registerRouter,
   registerSynthModel,
   registerWorker,
 ];

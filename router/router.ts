@@ -1,0 +1,359 @@
+// The router: one Generation service in front of a fleet. Each request lands on the worker with the most remaining
+// *compressed* KV capacity (ledger pick = atomic reservation of the request's footprint), streams through, and is
+// released at the end. A worker failing before the first token: pick another. After it: migrate (resume_token_ids =
+// tokens already streamed) so the client sees one unbroken, identical stream. Redis down: degraded mode from the last
+// snapshot, reserving at most a 1/R share of each worker's free pages (CONTRACTS.md).
+import { randomBytes, randomUUID } from 'node:crypto';
+import http from 'node:http';
+import { readFileSync } from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import { pino, type Logger } from 'pino';
+import client from 'prom-client';
+import {
+  RedisLedger, LedgerError, requestFootprintPages, resolveBudgetSpec, BUILTIN_DEFAULT_BUDGET, BudgetSpecError,
+  degradedShare, type Ledger, type LedgerSnapshot, type PickResult, type WorkerSnapshot, type PickPolicy,
+} from '../ledger/index.ts';
+import {
+  addGenerationService, addHealth, addReflection, generationClient, SERVICE_NAMES,
+  type BudgetSpec, type GenerateRequest, type GenerateResponse, type GenerationClient,
+} from '../proto/index.ts';
+import { Tokenizer } from '../worker/tokenizer.ts';
+import type { RouterConfig } from './config.ts';
+
+/** A gRPC error with a status code, raised inside the router and answered at the edge. */
+export class RouterStatusError extends Error {
+  readonly code: grpc.status;
+  constructor(code: grpc.status, message: string) { super(message); this.code = code; this.name = 'RouterStatusError'; }
+}
+
+// Worker replies that say the request itself is wrong: answered to the client as they are, never retried.
+const FINAL_CODES = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.NOT_FOUND, grpc.status.UNAUTHENTICATED,
+  grpc.status.PERMISSION_DENIED, grpc.status.FAILED_PRECONDITION, grpc.status.OUT_OF_RANGE]);
+
+interface ModelShape { L: number; Hk: number; P: number }
+
+export class Router {
+  readonly config: RouterConfig;
+  readonly id: string;
+  port = 0;
+  private readonly log: Logger;
+  private readonly server: grpc.Server;
+  private readonly ledger: Ledger;
+  private readonly tokenizer: Tokenizer | undefined;
+  private readonly clients = new Map<string, GenerationClient>();
+  private snapshot: LedgerSnapshot | undefined;
+  private liveRouters = 1;
+  private degraded = false;
+  // degraded-mode reservations made by this router: worker id -> request id -> pages
+  private readonly localReserved = new Map<string, Map<string, number>>();
+  private timers: NodeJS.Timeout[] = [];
+  private metricsServer: http.Server | undefined;
+  private closed = false;
+  readonly registry = new client.Registry();
+  private readonly m;
+
+  private constructor(cfg: RouterConfig, log: Logger) {
+    this.config = cfg;
+    this.id = cfg.routerId ?? `router-${randomUUID().slice(0, 8)}`;
+    this.log = log;
+    const [namespace, fleet] = cfg.fleet.split('/');
+    let url = cfg.redis;
+    if (cfg.redisPasswordFile) {
+      const pw = readFileSync(cfg.redisPasswordFile, 'utf8').trim();
+      const u = new URL(url);
+      u.password = pw;
+      url = u.toString();
+    }
+    this.ledger = new RedisLedger({ redis: url, namespace, fleet, onError: (e) => this.onLedgerError(e) });
+    this.tokenizer = cfg.tokenizer ? Tokenizer.load(cfg.tokenizer) : undefined;
+    this.server = new grpc.Server({
+      'grpc.max_receive_message_length': cfg.maxMessageBytes,
+      'grpc.max_send_message_length': cfg.maxMessageBytes,
+    });
+    const r = this.registry;
+    this.m = {
+      requests: new client.Counter({ name: 'kvfleet_router_requests_total', help: 'Generate calls by final status code', labelNames: ['code'], registers: [r] }),
+      retries: new client.Counter({ name: 'kvfleet_router_retries_total', help: 'worker failures before the first token that led to another pick', registers: [r] }),
+      migrations: new client.Counter({ name: 'kvfleet_router_migrations_total', help: 'streams moved to another worker after their first token', registers: [r] }),
+      degraded: new client.Gauge({ name: 'kvfleet_router_degraded', help: '1 while the ledger is unreachable and routing runs from the last snapshot', registers: [r] }),
+      pick: new client.Histogram({ name: 'kvfleet_router_pick_seconds', help: 'time to place a request (pick + waiting for room)', buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: [r] }),
+      ttft: new client.Histogram({ name: 'kvfleet_router_time_to_first_token_seconds', help: 'time from request to first streamed token', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [r] }),
+      tokenize: new client.Histogram({ name: 'kvfleet_router_tokenize_seconds', help: 'prompt tokenization time', buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05], registers: [r] }),
+    };
+  }
+
+  static async start(cfg: RouterConfig, log: Logger = pino({ name: 'kvfleet-router' })): Promise<Router> {
+    const router = new Router(cfg, log);
+    await router.refresh();
+    addGenerationService(router.server, { Generate: (call) => { void router.generate(call); } });
+    addHealth(router.server, [SERVICE_NAMES.generation]);
+    addReflection(router.server);
+    router.port = await new Promise<number>((resolve, reject) => {
+      router.server.bindAsync(`${cfg.host}:${cfg.port}`, grpc.ServerCredentials.createInsecure(),
+        (err, p) => (err ? reject(err) : resolve(p)));
+    });
+    router.timers.push(setInterval(() => { void router.refresh(); }, 500));
+    if (cfg.metricsPort > 0) router.metricsServer = await router.serveMetrics(cfg.metricsPort, cfg.host);
+    log.info({ router: router.id, port: router.port, fleet: cfg.fleet, policy: cfg.policy }, 'router listening');
+    return router;
+  }
+
+  /** Keeps the snapshot (model shape, degraded mode) and the router registration fresh. */
+  private async refresh(): Promise<void> {
+    try {
+      this.liveRouters = await this.ledger.registerRouter(this.id);
+      this.snapshot = await this.ledger.snapshot();
+      if (this.degraded) this.log.info('ledger reachable again: leaving degraded mode');
+      this.setDegraded(false);
+      this.localReserved.clear();
+      const live = new Set(this.snapshot.workers.map((w) => w.addr));
+      for (const [addr, c] of this.clients) if (!live.has(addr)) { c.close(); this.clients.delete(addr); }
+    } catch (err) {
+      if (err instanceof LedgerError && err.code === 'unavailable') this.setDegraded(true);
+      else this.log.warn({ err }, 'ledger refresh failed');
+    }
+  }
+
+  private setDegraded(on: boolean): void {
+    if (on && !this.degraded) this.log.warn('ledger unreachable: routing from the last snapshot (degraded mode)');
+    this.degraded = on;
+    this.m.degraded.set(on ? 1 : 0);
+  }
+
+  private onLedgerError(e: LedgerError): void {
+    if (e.code === 'unavailable') this.setDegraded(true);
+  }
+
+  get isDegraded(): boolean { return this.degraded; }
+
+  private shape(): ModelShape {
+    const w = this.snapshot?.workers.find((x) => !x.draining) ?? this.snapshot?.workers[0];
+    if (!w) throw new RouterStatusError(grpc.status.RESOURCE_EXHAUSTED, 'no live worker in the fleet (retry later)');
+    return { L: w.num_layers, Hk: w.num_kv_heads, P: w.page_size };
+  }
+
+  private clientFor(addr: string): GenerationClient {
+    let c = this.clients.get(addr);
+    if (!c) {
+      c = generationClient(addr, grpc.credentials.createInsecure(), {
+        'grpc.max_receive_message_length': this.config.maxMessageBytes,
+        'grpc.max_send_message_length': this.config.maxMessageBytes,
+      });
+      this.clients.set(addr, c);
+    }
+    return c;
+  }
+
+  /** The request's budget as an inline spec: a name the fleet allows, an inline spec, else the fleet default. */
+  private async resolveBudget(req: GenerateRequest): Promise<BudgetSpec> {
+    const sel = req.budget;
+    if (sel?.selector === 'spec' && sel.spec) return this.checkSpec(sel.spec, 'budget.spec');
+    const name = sel?.selector === 'name' ? sel.name : undefined;
+    try {
+      if (name) {
+        const spec = await this.ledger.getBudget(name);
+        if (!spec) throw new RouterStatusError(grpc.status.NOT_FOUND, `budget '${name}' is not allowed in fleet ${this.config.fleet}`);
+        return this.checkSpec(spec, `budget '${name}'`);
+      }
+      const def = await this.ledger.getDefaultBudget();
+      if (def) {
+        const spec = await this.ledger.getBudget(def);
+        if (spec) return this.checkSpec(spec, `default budget '${def}'`);
+      }
+      return { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
+    } catch (err) {
+      if (err instanceof LedgerError && err.code === 'unavailable') {
+        if (name) throw new RouterStatusError(grpc.status.UNAVAILABLE, `budget '${name}' cannot be resolved while the ledger is unreachable`);
+        return { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
+      }
+      throw err;
+    }
+  }
+
+  private checkSpec(spec: BudgetSpec, what: string): BudgetSpec {
+    try {
+      resolveBudgetSpec(spec);
+      return spec;
+    } catch (err) {
+      if (err instanceof BudgetSpecError) throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, `${what}: ${err.message}`);
+      throw err;
+    }
+  }
+
+  /** Picks a worker with room, waiting up to maxQueueMs; degraded mode picks from the last snapshot. */
+  private async place(need: number, requestId: string, exclude: Set<string>): Promise<PickResult> {
+    const t0 = performance.now();
+    const deadline = Date.now() + this.config.maxQueueMs;
+    let wait = 10;
+    for (;;) {
+      let picked: PickResult | null = null;
+      try {
+        if (!this.degraded) picked = await this.ledger.pick(need, requestId, { policy: this.config.policy as PickPolicy, ttlMs: this.config.reservationTtlMs });
+      } catch (err) {
+        if (!(err instanceof LedgerError && err.code === 'unavailable')) throw err;
+        this.setDegraded(true);
+      }
+      if (this.degraded) picked = this.pickDegraded(need, requestId, exclude);
+      if (picked && exclude.has(picked.worker_id)) {
+        // a worker this request already failed on: give its reservation back and look again shortly
+        await this.releaseQuietly(picked.worker_id, requestId);
+        picked = null;
+      }
+      if (picked) {
+        this.m.pick.observe((performance.now() - t0) / 1000);
+        return picked;
+      }
+      if (Date.now() >= deadline) {
+        throw new RouterStatusError(grpc.status.RESOURCE_EXHAUSTED,
+          `no worker has room for ${need} KV pages right now (waited ${this.config.maxQueueMs} ms); retry later`);
+      }
+      await new Promise((r) => setTimeout(r, wait));
+      wait = Math.min(100, wait * 2);
+    }
+  }
+
+  /** Degraded pick: the worker with the largest share of effective free pages this router may use. */
+  private pickDegraded(need: number, requestId: string, exclude: Set<string>): PickResult | null {
+    const ws: WorkerSnapshot[] = this.snapshot?.workers ?? [];
+    let best: { w: WorkerSnapshot; room: number } | undefined;
+    for (const w of ws) {
+      if (w.draining || exclude.has(w.worker_id)) continue;
+      const mine = [...(this.localReserved.get(w.worker_id)?.values() ?? [])].reduce((a, b) => a + b, 0);
+      const room = degradedShare(w.effective_free, this.liveRouters) - mine;
+      if (room >= need && (!best || room > best.room)) best = { w, room };
+    }
+    if (!best) return null;
+    let m = this.localReserved.get(best.w.worker_id);
+    if (!m) this.localReserved.set(best.w.worker_id, (m = new Map()));
+    m.set(requestId, need);
+    return { worker_id: best.w.worker_id, addr: best.w.addr, effective_free_after: best.room - need };
+  }
+
+  private async releaseQuietly(workerId: string, requestId: string): Promise<void> {
+    this.localReserved.get(workerId)?.delete(requestId);
+    try { await this.ledger.release(workerId, requestId); } catch { /* expires on its own */ }
+  }
+
+  private async generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>): Promise<void> {
+    const t0 = performance.now();
+    let code = grpc.status.OK;
+    try {
+      await this.serve(call, t0);
+    } catch (err) {
+      code = err instanceof RouterStatusError ? err.code : grpc.status.INTERNAL;
+      const message = err instanceof Error ? err.message : String(err);
+      if (code === grpc.status.INTERNAL) this.log.error({ err }, 'generate failed');
+      if (!call.cancelled) call.emit('error', { code, details: message });
+    } finally {
+      this.m.requests.inc({ code: grpc.status[code] });
+    }
+  }
+
+  private async serve(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, t0: number): Promise<void> {
+    const req = call.request;
+    const requestId = req.request_id || randomUUID();
+    let prompt: number[];
+    if (req.prompt === 'token_ids') {
+      prompt = req.token_ids?.ids ?? [];
+    } else if (req.prompt === 'text') {
+      if (!this.tokenizer) throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'text: this router has no tokenizer (--tokenizer); send token_ids');
+      const tt = performance.now();
+      prompt = this.tokenizer.encode(req.text ?? '');
+      this.m.tokenize.observe((performance.now() - tt) / 1000);
+    } else {
+      throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'prompt: give text or token_ids');
+    }
+    if (prompt.length === 0) throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'prompt: is empty');
+    const sampling = { ...(req.sampling ?? {}) };
+    // the router fixes the seed, so a migrated stream draws the same tokens on the next worker
+    if (sampling.seed === undefined) sampling.seed = randomBytes(8).readBigUInt64BE().toString();
+    const m = sampling.max_new_tokens ?? 256;
+    if (sampling.max_new_tokens !== undefined && sampling.max_new_tokens <= 0) {
+      throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'sampling.max_new_tokens: must be > 0');
+    }
+    const spec = await this.resolveBudget(req);
+    const streamed: number[] = [...(req.resume_token_ids ?? [])];
+    const exclude = new Set<string>();
+    let firstToken = true;
+    for (let attempt = 1; ; attempt++) {
+      const need = requestFootprintPages(this.shape(), spec, prompt.length, m);
+      const picked = await this.place(need, requestId, exclude);
+      const outcome = await this.forward(call, picked, {
+        request_id: requestId, token_ids: { ids: prompt }, sampling, budget: { spec }, resume_token_ids: streamed,
+      }, (tokens) => {
+        if (firstToken && tokens.length > 0) { firstToken = false; this.m.ttft.observe((performance.now() - t0) / 1000); }
+        streamed.push(...tokens);
+      });
+      await this.releaseQuietly(picked.worker_id, requestId);
+      if (outcome.kind === 'done' || outcome.kind === 'cancelled') return;
+      if (outcome.kind === 'final') throw new RouterStatusError(outcome.code, outcome.message);
+      // the worker failed (it leaves the ledger until its next heartbeat) or was full: the request moves on
+      exclude.add(picked.worker_id);
+      if (outcome.kind === 'failed') {
+        try { await this.ledger.removeWorker(picked.worker_id); } catch { /* stale entries expire */ }
+      }
+      if (streamed.length > (req.resume_token_ids?.length ?? 0)) this.m.migrations.inc(); else this.m.retries.inc();
+      this.log.warn({ request: requestId, worker: picked.worker_id, attempt, tokens: streamed.length, err: outcome.message },
+        'worker failed; moving the request');
+      if (attempt >= this.config.maxAttempts) {
+        throw new RouterStatusError(grpc.status.UNAVAILABLE, `request ${requestId}: ${attempt} workers failed (last: ${outcome.message}); retry`);
+      }
+    }
+  }
+
+  /** Streams one worker's answer to the client. */
+  private forward(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, picked: PickResult,
+    wreq: GenerateRequest, onTokens: (t: number[]) => void):
+    Promise<{ kind: 'done' } | { kind: 'cancelled' } | { kind: 'final'; code: grpc.status; message: string } |
+      { kind: 'failed' | 'busy'; message: string }> {
+    return new Promise((resolve) => {
+      const deadline = call.getDeadline();
+      const opts: grpc.CallOptions = deadline instanceof Date || typeof deadline === 'number' ? { deadline } : {};
+      const ws = this.clientFor(picked.addr).Generate(wreq, new grpc.Metadata(), opts);
+      let finished = false;
+      const onCancel = () => { ws.cancel(); };
+      call.on('cancelled', onCancel);
+      ws.on('data', (msg: GenerateResponse) => {
+        onTokens(msg.token_ids ?? []);
+        call.write(msg);
+        if (msg.finish_reason && msg.finish_reason !== 'FINISH_REASON_UNSPECIFIED') finished = true;
+      });
+      ws.on('error', (err: grpc.ServiceError) => {
+        call.removeListener('cancelled', onCancel);
+        if (call.cancelled) resolve({ kind: 'cancelled' });
+        else if (FINAL_CODES.has(err.code)) resolve({ kind: 'final', code: err.code, message: err.details });
+        else if (err.code === grpc.status.RESOURCE_EXHAUSTED) resolve({ kind: 'busy', message: err.details });
+        else resolve({ kind: 'failed', message: `${grpc.status[err.code]}: ${err.details}` });
+      });
+      ws.on('end', () => {
+        call.removeListener('cancelled', onCancel);
+        if (finished) { call.end(); resolve({ kind: 'done' }); } else resolve({ kind: 'failed', message: 'stream ended without a finish reason' });
+      });
+    });
+  }
+
+  private serveMetrics(port: number, host: string): Promise<http.Server> {
+    const srv = http.createServer((req, res) => {
+      if (req.url === '/metrics') {
+        this.registry.metrics().then((body) => {
+          res.writeHead(200, { 'content-type': this.registry.contentType });
+          res.end(body);
+        }, () => { res.writeHead(500); res.end(); });
+      } else if (req.url === '/healthz') {
+        res.writeHead(200); res.end(this.degraded ? 'degraded\n' : 'ok\n');
+      } else { res.writeHead(404); res.end(); }
+    });
+    return new Promise((resolve, reject) => { srv.once('error', reject); srv.listen(port, host, () => resolve(srv)); });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const t of this.timers) clearInterval(t);
+    await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    for (const c of this.clients.values()) c.close();
+    try { await this.ledger.unregisterRouter(this.id); } catch { /* it ages out */ }
+    await this.ledger.close();
+    await new Promise<void>((resolve) => (this.metricsServer ? this.metricsServer.close(() => resolve()) : resolve()));
+  }
+}
