@@ -158,6 +158,9 @@ export class Scheduler {
 
   stats(): StepStats { return { ...this.st }; }
 
+  /** Zeroes the step statistics (tests and benchmarks measure one phase at a time). */
+  resetStats(): void { for (const k of Object.keys(this.st) as Array<keyof StepStats>) this.st[k] = 0; }
+
   capacity(): CapacitySnapshot {
     return { ...this.snap, running: this.running.length, waiting: this.waiting.length,
       reservedPages: this.waiting.reduce((a, e) => a + e.footprint, 0) };

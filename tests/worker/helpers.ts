@@ -1,0 +1,89 @@
+// Shared pieces of the worker tests: a tiny model written once per suite, in-process workers on free loopback
+// ports, and a client helper that records a whole Generate stream.
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { pino } from 'pino';
+import { generationClient, workerClient, type Capacity, type GenerateRequest, type GenerateResponse,
+  type GenerationClient, type WorkerClient } from '../../proto/index.ts';
+import { writeSynthModel } from '../../worker/model/synth.ts';
+import { parseWorkerConfig, type WorkerConfigInput } from '../../worker/config.ts';
+import { startWorker, type RunningWorker } from '../../worker/server.ts';
+
+export function tinyModel(): { dir: string; cleanup(): void } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'kvf-worker-'));
+  writeSynthModel({ out: dir, preset: 'tiny', seed: 11 });
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export interface TestWorker {
+  w: RunningWorker;
+  gen: GenerationClient;
+  wc: WorkerClient;
+  addr: string;
+  stop(): Promise<void>;
+}
+
+/** A worker in this process (the same code `kvfleet worker` runs), through the same option parser. */
+export async function inProcessWorker(model: string, opts: WorkerConfigInput = {}): Promise<TestWorker> {
+  const cfg = parseWorkerConfig({ model, port: 0, numPages: 4096, logLevel: 'silent', ...opts });
+  const w = await startWorker(cfg, { logger: pino({ level: 'silent' }) });
+  const gen = generationClient(w.address, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
+  const wc = workerClient(w.address);
+  return {
+    w, gen, wc, addr: w.address,
+    async stop() { gen.close(); wc.close(); await w.shutdown({ graceMs: 0 }); },
+  };
+}
+
+export interface StreamResult {
+  /** Streamed token ids (every message's token_ids, in order). */
+  tokens: number[];
+  /** Each message's text, in order (the last message's included). */
+  chunks: string[];
+  text: string;
+  messages: GenerateResponse[];
+  last?: GenerateResponse;
+  error?: grpc.ServiceError;
+}
+
+export function generate(gen: GenerationClient, req: GenerateRequest,
+  opts: { deadlineMs?: number; cancelAfterTokens?: number } = {}): Promise<StreamResult> {
+  const callOpts: grpc.CallOptions = opts.deadlineMs !== undefined ? { deadline: Date.now() + opts.deadlineMs } : {};
+  const call = gen.Generate(req, new grpc.Metadata(), callOpts);
+  const r: StreamResult = { tokens: [], chunks: [], text: '', messages: [] };
+  return new Promise((resolve) => {
+    call.on('data', (m: GenerateResponse) => {
+      r.messages.push(m);
+      r.tokens.push(...(m.token_ids ?? []));
+      r.chunks.push(m.text ?? '');
+      r.text += m.text ?? '';
+      if (m.finish_reason !== undefined) r.last = m;
+      if (opts.cancelAfterTokens !== undefined && r.tokens.length >= opts.cancelAfterTokens) call.cancel();
+    });
+    call.on('error', (e: grpc.ServiceError) => { r.error = e; });
+    call.on('close', () => resolve(r));
+  });
+}
+
+export function capacity(wc: WorkerClient): Promise<Capacity> {
+  return new Promise((resolve, reject) => wc.GetCapacity({}, (e, c) => (e ? reject(e) : resolve(c!))));
+}
+
+/** Waits until the scheduler holds nothing, then returns the pool's free and total pages. */
+export async function settledPages(w: RunningWorker): Promise<{ free: number; total: number }> {
+  await w.scheduler.idle();
+  // the loop releases cancelled sequences at its next point between steps; idle() already waited for that
+  for (let i = 0; i < 100; i++) {
+    const p = w.engine.poolStats();
+    if (p.freePages === p.totalPages) return { free: p.freePages, total: p.totalPages };
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const p = w.engine.poolStats();
+  return { free: p.freePages, total: p.totalPages };
+}
+
+export function greedy(maxNew: number, extra: Record<string, unknown> = {}) {
+  return { max_new_tokens: maxNew, temperature: 0, ignore_eos: true, ...extra };
+}
