@@ -33,6 +33,7 @@ const char* op_name(Op op) {
     case Op::AttnDecode: return "attn_decode";
     case Op::KvWrite: return "kv_write";
     case Op::KvCopy: return "kv_copy";
+    case Op::SnapkvScores: return "snapkv_scores";
     case Op::Count: break;
   }
   return "?";
@@ -362,6 +363,14 @@ class CpuBackend final : public Backend {
       }
     }
   }
+
+  // ---- snapkv_scores (added with the CUDA backend): the host function of compress.h is the reference ----
+  void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos, int32_t m,
+                     int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
+                     int32_t kernel, float* S) override {
+    kvf::snapkv_scores(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S);
+  }
+  // ---- end snapkv_scores ----
 
  private:
   int nt_ = 1;  // threads per parallel region

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common.h"
+#include "compress.h"
 #include "model.h"
 
 namespace kvf {
@@ -32,7 +33,7 @@ struct KVStoreDesc {
 };
 
 enum class Op : int32_t {
-  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, Count
+  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, SnapkvScores, Count
 };
 const char* op_name(Op op);
 
@@ -85,6 +86,12 @@ class Backend {
   // Reads count tokens' K and V back as fp32 (tests, decode-cap scoring): k_out/v_out [count, d] host memory.
   virtual void kv_read(const KVStoreDesc& kv, const int32_t* page_host, const int32_t* slot_host, int32_t count,
                        float* k_out_host, float* v_out_host) = 0;
+  // SnapKV scores of one layer (compress.h's snapkv_scores, same semantics and argument checks): q [w, H, d] and
+  // k [m, Hk, d] in backend memory (the layer scratch), positions and S [Hk, m_prefix] in host memory. Only the
+  // scoring runs on the backend; the allocation (compress.h's allocate) stays on the host with the page tables.
+  virtual void snapkv_scores(const float* q, const int32_t* qpos_host, int32_t w, const float* k,
+                             const int32_t* kpos_host, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
+                             Pooling pooling, GqaReduce reduce, int32_t kernel, float* S_host) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int32_t threads);
