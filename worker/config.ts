@@ -89,12 +89,6 @@ export const WorkerConfigSchema = z.object({
   workerId: z.string().min(1).optional(),
   metricsPort: int(0, 65535).default(9400),
   logLevel: z.enum(LOG_LEVELS).default('info'),
-}).superRefine((c, ctx) => {
-  const set = (['kvMemory', 'kvMemoryFraction', 'numPages'] as const).filter((k) => c[k] !== undefined);
-  if (set.length > 1) {
-    ctx.addIssue({ code: 'custom', path: [set[1]],
-      message: `give at most one of --kv-memory, --kv-memory-fraction, --num-pages (got ${set.map((k) => OPTION_NAMES[k][0]).join(' and ')})` });
-  }
 });
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
 export type WorkerConfigInput = Partial<Record<OptionKey, string | number | undefined>>;
@@ -109,17 +103,24 @@ export function parseWorkerConfig(cli: WorkerConfigInput, env: NodeJS.ProcessEnv
     const v = cli[key as OptionKey] ?? env[envName];
     if (v !== undefined && v !== '') raw[key] = v;
   }
+  const lines: string[] = [];
+  // checked apart from the schema so it is reported together with every other problem
+  const pool = (['kvMemory', 'kvMemoryFraction', 'numPages'] as const).filter((k) => raw[k] !== undefined);
+  if (pool.length > 1) {
+    lines.push(`${pool.map((k) => OPTION_NAMES[k][0]).join(', ')}: give at most one of --kv-memory, `
+      + '--kv-memory-fraction, --num-pages');
+  }
   const r = WorkerConfigSchema.safeParse(raw);
   if (!r.success) {
-    const lines = r.error.issues.map((i) => {
+    lines.unshift(...r.error.issues.map((i) => {
       const key = String(i.path[0] ?? '') as OptionKey;
       const names = OPTION_NAMES[key];
       const what = names ? `${names[0]} (${names[1]})` : key || 'options';
       const msg = raw[key] === undefined && i.code === 'invalid_type' ? 'is required' : i.message;
       return `${what}: ${msg}`;
-    });
-    throw new WorkerConfigError(`invalid worker options:\n  ${lines.join('\n  ')}`);
+    }));
   }
+  if (lines.length > 0 || !r.success) throw new WorkerConfigError(`invalid worker options:\n  ${lines.join('\n  ')}`);
   const podName = env.POD_NAME !== undefined && env.POD_NAME !== '' ? env.POD_NAME : undefined;
   return { ...r.data, podName };
 }
