@@ -111,6 +111,10 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
       const req = call.request;
       const requestId = req.request_id || randomUUID();
       const rlog = log.child({ request_id: requestId });
+      // the id (assigned here when the client sent none) travels back in the response headers
+      const md = new grpc.Metadata();
+      md.set('x-kvfleet-request-id', requestId);
+      call.sendMetadata(md);
       let ended = false;
       const fail = (err: unknown) => {
         if (ended) return;

@@ -46,6 +46,8 @@ export interface StreamResult {
   messages: GenerateResponse[];
   last?: GenerateResponse;
   error?: grpc.ServiceError;
+  /** The x-kvfleet-request-id response header. */
+  requestId?: string;
 }
 
 export function generate(gen: GenerationClient, req: GenerateRequest,
@@ -54,6 +56,7 @@ export function generate(gen: GenerationClient, req: GenerateRequest,
   const call = gen.Generate(req, new grpc.Metadata(), callOpts);
   const r: StreamResult = { tokens: [], chunks: [], text: '', messages: [] };
   return new Promise((resolve) => {
+    call.on('metadata', (md: grpc.Metadata) => { r.requestId = md.get('x-kvfleet-request-id')[0] as string | undefined; });
     call.on('data', (m: GenerateResponse) => {
       r.messages.push(m);
       r.tokens.push(...(m.token_ids ?? []));

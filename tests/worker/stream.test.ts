@@ -101,6 +101,10 @@ describe('Generate streams', () => {
     for (const m of a.messages.slice(0, -1)) expect(m.seed).toBeUndefined();
     const b = await generate(t.gen, { text: 'seedless', sampling: { max_new_tokens: 20, temperature: 1, ignore_eos: true, seed: a.last!.seed } });
     expect(b.tokens).toEqual(a.tokens);
+    // a request id is assigned when the client sends none, and the client's own is kept
+    expect(a.requestId).toMatch(/^[0-9a-f-]{36}$/);
+    const c = await generate(t.gen, { request_id: 'my-req-1', text: 'x', sampling: greedy(2) });
+    expect(c.requestId).toBe('my-req-1');
     expect(b.last?.finish_reason).toBe('LENGTH');
     expect(Number(b.last?.kv_stats?.pages)).toBeGreaterThan(0);
   });
