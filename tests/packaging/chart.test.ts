@@ -1,0 +1,260 @@
+// The Helm chart, rendered by the real helm binary: lint, Kubernetes schema validity of every object for several
+// value sets, restricted pod security, the operator's shape, Redis modes, NetworkPolicies, monitoring, dashboard,
+// and values.schema.json rejecting bad values with the field named.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { CHART, find, helm, helmPath, render, VALUE_SETS, type K8sObject } from './helm.ts';
+import { podSpecOf, promShapeErrors, restrictedViolations, schemaErrors, unknownFields } from './validate.ts';
+
+type Json = Record<string, unknown>;
+const rendered = new Map<string, K8sObject[]>();
+
+beforeAll(() => {
+  helmPath(); // fetch once, with a clear error, before any test times out on it
+  for (const [name, args] of Object.entries(VALUE_SETS)) rendered.set(name, render(args));
+}, 240_000);
+
+const objs = (set: string): K8sObject[] => rendered.get(set)!;
+const container = (d: K8sObject, name: string): Json =>
+  ((podSpecOf(d)!.containers as Json[]).find((c) => c.name === name))!;
+const envOf = (c: Json): Map<string, Json> => new Map((c.env as Json[]).map((e) => [e.name as string, e]));
+
+describe('helm lint --strict', () => {
+  for (const [name, args] of Object.entries(VALUE_SETS)) {
+    it(`passes with ${name}`, () => {
+      const r = helm(['lint', '--strict', CHART, '--namespace', 'kvfleet', ...args]);
+      expect(r.stderr + r.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
+      expect(r.code).toBe(0);
+    });
+  }
+});
+
+describe('rendered objects', () => {
+  for (const name of Object.keys(VALUE_SETS)) {
+    it(`validate against the Kubernetes schemas with ${name}`, async () => {
+      const errors: string[] = [];
+      for (const o of objs(name)) {
+        if (o.apiVersion === 'monitoring.coreos.com/v1') { errors.push(...promShapeErrors(o)); continue; }
+        if (o.apiVersion === 'kvfleet.io/v1alpha1') continue; // our CRDs: tests/packaging/crd-examples (see report)
+        errors.push(...await schemaErrors(o));
+        errors.push(...unknownFields(o).map((p) => `${o.kind}/${o.metadata.name}${p}: unknown field`));
+      }
+      expect(errors).toEqual([]);
+    });
+
+    it(`run every pod under the restricted pod security standard with ${name}`, () => {
+      const pods = objs(name).filter((o) => podSpecOf(o));
+      expect(pods.length).toBeGreaterThan(0);
+      const violations = pods.flatMap((o) => restrictedViolations(podSpecOf(o)!, `${o.kind}/${o.metadata.name}`));
+      expect(violations).toEqual([]);
+    });
+
+    it(`carry the standard labels and unique names with ${name}`, () => {
+      const keys = objs(name).map((o) => `${o.kind}/${o.metadata.namespace ?? ''}/${o.metadata.name}`);
+      expect(new Set(keys).size).toBe(keys.length);
+      for (const o of objs(name)) {
+        expect(o.metadata.labels?.['app.kubernetes.io/name'], `${o.kind}/${o.metadata.name}`).toBe('kvfleet');
+        expect(o.metadata.labels?.['app.kubernetes.io/instance']).toBe('kvfleet');
+        expect(o.metadata.labels?.['app.kubernetes.io/component']).toBeTruthy();
+      }
+    });
+  }
+
+  it('the restricted check itself catches a root container and a missing drop ALL', () => {
+    const v = restrictedViolations({ securityContext: { seccompProfile: { type: 'RuntimeDefault' } },
+      containers: [{ name: 'c', securityContext: { runAsUser: 0, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true } }] }, 'pod');
+    expect(v).toEqual(['pod container c: runAsNonRoot is not true', 'pod container c: runAsUser is 0', 'pod container c: capabilities.drop lacks ALL']);
+  });
+
+  it('the unknown-field check names a misspelt field', () => {
+    const [d] = find(objs('defaults'), 'Deployment');
+    const bad = structuredClone(d);
+    ((bad.spec as Json).template as { spec: Json }).spec.securityContex = {};
+    expect(unknownFields(bad)).toEqual(['/spec/template/spec/securityContex']);
+  });
+});
+
+describe('operator', () => {
+  it('runs 2 replicas of `kvfleet operator --leader-elect --metrics-port 9402` with probes on /healthz', () => {
+    const [d] = find(objs('defaults'), 'Deployment', 'kvfleet-operator');
+    expect((d.spec as Json).replicas).toBe(2);
+    const c = container(d, 'operator');
+    expect(c.image).toBe('ghcr.io/kvfleet/kvfleet:0.1.0');
+    expect(c.args).toEqual(['operator', '--leader-elect', '--metrics-port', '9402']);
+    expect(c.ports).toEqual([{ name: 'metrics', containerPort: 9402, protocol: 'TCP' }]);
+    for (const p of ['livenessProbe', 'readinessProbe']) expect((c[p] as Json).httpGet).toEqual({ path: '/healthz', port: 'metrics' });
+    expect(envOf(c).get('KVFLEET_LEASE_NAME')?.value).toBe('kvfleet-leader');
+    expect(find(objs('defaults'), 'PodDisruptionBudget', 'kvfleet-operator')).toHaveLength(1);
+  });
+
+  it('one replica: no PodDisruptionBudget (it would block every drain)', () => {
+    const set = objs('examples on, one replica, no network policies');
+    expect((find(set, 'Deployment', 'kvfleet-operator')[0].spec as Json).replicas).toBe(1);
+    expect(find(set, 'PodDisruptionBudget')).toEqual([]);
+  });
+
+  it('binds its ServiceAccount to the ClusterRole and the lease Role', () => {
+    const set = objs('defaults');
+    const [d] = find(set, 'Deployment', 'kvfleet-operator');
+    const sa = podSpecOf(d)!.serviceAccountName;
+    expect(find(set, 'ServiceAccount', sa as string)).toHaveLength(1);
+    for (const kind of ['ClusterRoleBinding', 'RoleBinding']) {
+      const [b] = find(set, kind);
+      expect(b.subjects).toEqual([{ kind: 'ServiceAccount', name: sa, namespace: 'kvfleet' }]);
+      expect((b.roleRef as Json).name).toBe(find(set, kind.replace('Binding', ''))[0].metadata.name);
+    }
+  });
+});
+
+describe('redis', () => {
+  it('managed by default: StatefulSet redis:7-alpine, generated password Secret, Service, no persistence', () => {
+    const set = objs('defaults');
+    const [sts] = find(set, 'StatefulSet', 'kvfleet-redis');
+    expect((sts.spec as Json).replicas).toBe(1);
+    expect((sts.spec as Json).volumeClaimTemplates).toBeUndefined();
+    const c = container(sts, 'redis');
+    expect(c.image).toBe('redis:7-alpine');
+    expect((c.args as string[])[0]).toMatch(/--requirepass "\$REDIS_PASSWORD".*--save "" --appendonly no$/);
+    const [secret] = find(set, 'Secret', 'kvfleet-redis');
+    const pw = Buffer.from((secret.data as Json).password as string, 'base64').toString();
+    expect(pw).toMatch(/^[A-Za-z0-9]{32}$/);
+    expect(envOf(c).get('REDIS_PASSWORD')?.valueFrom).toEqual({ secretKeyRef: { name: 'kvfleet-redis', key: 'password' } });
+    expect(find(set, 'Service', 'kvfleet-redis')[0].spec).toMatchObject({ ports: [{ name: 'redis', port: 6379, targetPort: 'redis' }] });
+    const op = envOf(container(find(set, 'Deployment', 'kvfleet-operator')[0], 'operator'));
+    expect(op.get('KVFLEET_REDIS_URL')?.value).toBe('redis://kvfleet-redis.kvfleet.svc:6379');
+    expect(op.get('KVFLEET_REDIS_PASSWORD_FILE')?.value).toBe('/var/run/secrets/kvfleet/redis/password');
+  });
+
+  it('managed with persistence and an existing Secret: a volume claim, no generated Secret', () => {
+    const set = objs('managed redis, persistence, existing secret');
+    expect(find(set, 'Secret')).toEqual([]);
+    const [sts] = find(set, 'StatefulSet', 'kvfleet-redis');
+    expect((sts.spec as Json).volumeClaimTemplates).toEqual([{ metadata: { name: 'data' },
+      spec: { accessModes: ['ReadWriteOnce'], storageClassName: 'fast', resources: { requests: { storage: '8Gi' } } } }]);
+    expect((container(sts, 'redis').args as string[])[0]).toContain('--appendonly yes');
+    expect(envOf(container(sts, 'redis')).get('REDISCLI_AUTH')?.valueFrom).toEqual({ secretKeyRef: { name: 'my-redis', key: 'password' } });
+    const vols = podSpecOf(find(set, 'Deployment', 'kvfleet-operator')[0])!.volumes as Json[];
+    expect(vols.find((v) => v.name === 'redis-password')?.secret).toEqual({ secretName: 'my-redis', items: [{ key: 'password', path: 'password' }] });
+  });
+
+  it('external: no Redis objects; the operator gets the URL and the password Secret', () => {
+    const set = objs('external redis');
+    expect(set.filter((o) => o.metadata.labels?.['app.kubernetes.io/component'] === 'redis')).toEqual([]);
+    const c = container(find(set, 'Deployment', 'kvfleet-operator')[0], 'operator');
+    expect(envOf(c).get('KVFLEET_REDIS_URL')?.value).toBe('rediss://ledger.example.internal:6380');
+    expect(envOf(c).get('KVFLEET_REDIS_PASSWORD_SECRET')?.value).toBe('ledger-auth/token');
+  });
+
+  it('external without a password Secret: no password mount', () => {
+    const set = render(['--set', 'redis.managed=false', '--set', 'redis.url=redis://r:6379']);
+    const c = container(find(set, 'Deployment', 'kvfleet-operator')[0], 'operator');
+    expect(envOf(c).has('KVFLEET_REDIS_PASSWORD_FILE')).toBe(false);
+    expect((podSpecOf(find(set, 'Deployment', 'kvfleet-operator')[0])!.volumes as Json[]).map((v) => v.name)).toEqual(['tmp']);
+  });
+});
+
+describe('network policies', () => {
+  it('workers: gRPC from routers only, metrics from the monitoring namespace only, in every Fleet namespace', () => {
+    const set = objs('monitoring on');
+    const workers = find(set, 'NetworkPolicy', 'kvfleet-workers');
+    expect(workers.map((w) => w.metadata.namespace).sort()).toEqual(['kvfleet', 'llm']);
+    for (const w of workers) {
+      expect(w.spec).toEqual({
+        podSelector: { matchLabels: { 'app.kubernetes.io/name': 'kvfleet', 'app.kubernetes.io/component': 'worker' } },
+        policyTypes: ['Ingress'],
+        ingress: [
+          { from: [{ podSelector: { matchLabels: { 'app.kubernetes.io/name': 'kvfleet', 'app.kubernetes.io/component': 'router' } } }],
+            ports: [{ port: 'grpc', protocol: 'TCP' }] },
+          { from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }],
+            ports: [{ port: 'metrics', protocol: 'TCP' }] },
+        ],
+      });
+    }
+  });
+
+  it('redis: only kvfleet pods of the release and Fleet namespaces, on the redis port', () => {
+    const [p] = find(objs('monitoring on'), 'NetworkPolicy', 'kvfleet-redis');
+    expect((p.spec as Json).ingress).toEqual([{
+      from: [{
+        namespaceSelector: { matchExpressions: [{ key: 'kubernetes.io/metadata.name', operator: 'In', values: ['llm', 'kvfleet'] }] },
+        podSelector: { matchLabels: { 'app.kubernetes.io/name': 'kvfleet' } },
+      }],
+      ports: [{ port: 'redis', protocol: 'TCP' }],
+    }]);
+    expect(find(objs('external redis'), 'NetworkPolicy', 'kvfleet-redis')).toEqual([]);
+  });
+
+  it('can be turned off', () => {
+    expect(find(objs('examples on, one replica, no network policies'), 'NetworkPolicy')).toEqual([]);
+  });
+});
+
+describe('monitoring', () => {
+  it('off by default; on: a ServiceMonitor for the operator and a PodMonitor for workers and routers', () => {
+    expect(find(objs('defaults'), 'ServiceMonitor')).toEqual([]);
+    expect(find(objs('defaults'), 'PodMonitor')).toEqual([]);
+    const set = objs('monitoring on');
+    const [sm] = find(set, 'ServiceMonitor');
+    expect(sm.metadata.labels?.release).toBe('prom');
+    const svc = find(set, 'Service', 'kvfleet-operator-metrics')[0];
+    expect((svc.spec as Json).selector).toEqual(((sm.spec as Json).selector as Json).matchLabels);
+    expect((sm.spec as Json).endpoints).toEqual([{ port: 'metrics', path: '/metrics', interval: '30s' }]);
+    const [pm] = find(set, 'PodMonitor');
+    expect((pm.spec as Json).namespaceSelector).toEqual({ matchNames: ['llm', 'kvfleet'] });
+    expect(((pm.spec as Json).selector as Json).matchExpressions).toEqual([{ key: 'app.kubernetes.io/component', operator: 'In', values: ['worker', 'router'] }]);
+  });
+
+  it('the dashboard ConfigMap carries the Grafana label and panels over the documented metrics', () => {
+    const [cm] = find(objs('defaults'), 'ConfigMap', 'kvfleet-dashboard');
+    expect(cm.metadata.labels?.grafana_dashboard).toBe('1');
+    const dash = JSON.parse((cm.data as Json)['kvfleet.json'] as string) as { panels: { title: string; targets: { expr: string }[] }[] };
+    const titles = dash.panels.map((p) => p.title).join(' | ');
+    for (const want of ['KV pressure', 'Compression ratio', 'Pages', 'Time to first token', 'Tokens/s per worker']) expect(titles).toContain(want);
+    const readme = readFileSync(path.join(CHART, 'README.md'), 'utf8');
+    const documented = new Set([...readme.matchAll(/^\| `([a-z_:]+)`/gm)].map((m) => m[1]));
+    const used = new Set(dash.panels.flatMap((p) => p.targets.flatMap((t) => [...t.expr.matchAll(/\b((?:vllm:|kvfleet_)[a-z_:]+?)(?:_bucket)?\{/g)].map((m) => m[1]))));
+    expect(used.size).toBeGreaterThanOrEqual(8);
+    expect([...used].filter((m) => !documented.has(m))).toEqual([]);
+  });
+});
+
+describe('examples', () => {
+  it('off by default; on: a KVBudget and a Fleet that uses it and the chart Redis', () => {
+    expect(objs('defaults').filter((o) => o.apiVersion === 'kvfleet.io/v1alpha1')).toEqual([]);
+    const set = objs('examples on, one replica, no network policies');
+    const [b] = find(set, 'KVBudget');
+    expect(b.spec).toMatchObject({ method: 'AdaSnapKV', tokensPerHead: 512 });
+    const [f] = find(set, 'Fleet');
+    expect(f.spec).toMatchObject({
+      budgetRef: { name: 'default' },
+      redis: { url: 'redis://kvfleet-redis.kvfleet.svc:6379', passwordSecretRef: { name: 'kvfleet-redis', key: 'password' } },
+      router: { policy: 'most-free' }, engine: { admission: 'reserve' },
+    });
+  });
+});
+
+describe('values.schema.json rejects bad values, naming the field', () => {
+  const cases: [string, string[], RegExp][] = [
+    ['negative operator replicas', ['--set', 'operator.replicas=-1'], /at '\/operator\/replicas': minimum: got -1, want 0/],
+    ['unknown router policy', ['--set', 'examples.fleet.spec.router.policy=round-robin'], /at '\/examples\/fleet\/spec\/router\/policy': value must be one of 'most-free', 'best-fit', 'p2c'/],
+    ['unknown admission', ['--set', 'examples.fleet.spec.engine.admission=eager'], /at '\/examples\/fleet\/spec\/engine\/admission': value must be one of 'reserve', 'optimistic'/],
+    ['unknown budget method', ['--set', 'examples.budget.spec.method=H2O'], /at '\/examples\/budget\/spec\/method': value must be one of/],
+    ['both tokensPerHead and keepRatio', ['--set-json', 'examples.budget.spec.keepRatio=0.25'], /at '\/examples\/budget\/spec': 'oneOf' failed/],
+    ['negative worker replicas', ['--set', 'examples.fleet.spec.workers.replicas=-2'], /at '\/examples\/fleet\/spec\/workers\/replicas': minimum: got -2, want 0/],
+    ['external Redis without a URL', ['--set', 'redis.managed=false'], /at '\/redis\/url': minLength: got 0, want 1/],
+    ['a Redis URL that is not redis://', ['--set', 'redis.managed=false', '--set', 'redis.url=http://r:6379'], /at '\/redis\/url': '.*' does not match pattern/],
+    ['bad image pull policy', ['--set', 'image.pullPolicy=Sometimes'], /at '\/image\/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'/],
+    ['metrics port 0 (the probes need it)', ['--set', 'operator.metricsPort=0'], /at '\/operator\/metricsPort': minimum: got 0, want 1/],
+    ['2 replicas without leader election', ['--set', 'operator.leaderElection.enabled=false'], /at '\/operator\/leaderElection\/enabled': value must be true/],
+    ['a misspelt key', ['--set', 'operater.replicas=1'], /additional properties 'operater' not allowed/],
+    ['a bad monitoring namespace', ['--set', 'networkPolicy.monitoringNamespace=Mon_itoring'], /at '\/networkPolicy\/monitoringNamespace': .*does not match pattern/],
+  ];
+  for (const [what, args, message] of cases) {
+    it(what, () => {
+      const r = helm(['template', 'kvfleet', CHART, ...args]);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(message);
+    });
+  }
+});
