@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 import { registerBench } from './bench.ts';
 import { registerGenerate } from './generate.ts';
+import { registerOperator } from './operator.ts';
 import { registerRouter } from './router.ts';
 import { registerSynthModel } from './synth-model.ts';
 import { registerWorker } from './worker.ts';
@@ -12,6 +13,7 @@ export type Registrar = (program: Command) => void;
 export const registrars: Registrar[] = [
   registerBench,
   registerGenerate,
+  registerOperator,
   registerRouter,
   registerSynthModel,
   registerWorker,

@@ -1,0 +1,35 @@
+// Operator options in stages (STYLE.md 9): raw values from the command line → one zod parse at start → a typed,
+// defaulted OperatorConfig. Nothing below this file reads argv.
+import { z } from 'zod';
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+export class OperatorConfigError extends Error {
+  constructor(message: string) { super(message); this.name = 'OperatorConfigError'; }
+}
+
+const port = (flag: string) => z.coerce.number({ error: `${flag} must be a port number` }).int(`${flag} must be an integer`)
+  .min(0, `${flag} must be 0..65535`).max(65535, `${flag} must be 0..65535`);
+
+const Schema = z.object({
+  kubeconfig: z.string().min(1, '--kubeconfig must not be empty').optional(),
+  namespace: z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, '--namespace must be a Kubernetes namespace name').optional(),
+  metricsPort: port('--metrics-port').default(9402),
+  healthPort: port('--health-port').optional(),
+  bindAddress: z.string().min(1).default('0.0.0.0'),
+  leaderElect: z.boolean().default(false),
+  logLevel: z.enum(LOG_LEVELS, { error: `--log-level must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
+  concurrency: z.coerce.number().int().min(1, '--concurrency must be >= 1').max(64, '--concurrency must be <= 64').default(2),
+  resyncSeconds: z.coerce.number().int().min(0, '--resync-seconds must be >= 0').default(300),
+});
+
+/** The options after parsing: every default filled. metricsPort 0 turns /metrics off; health (/healthz,
+ *  /readyz) is served on healthPort when given, else beside /metrics. */
+export type OperatorConfig = z.output<typeof Schema>;
+export type OperatorConfigInput = z.input<typeof Schema>;
+
+export function parseOperatorConfig(raw: OperatorConfigInput): OperatorConfig {
+  const r = Schema.safeParse(raw);
+  if (!r.success) throw new OperatorConfigError(r.error.issues.map((i) => i.message).join('; '));
+  return r.data;
+}

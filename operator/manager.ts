@@ -1,0 +1,199 @@
+// The operator's runtime: shared informers (one per watched resource), one work queue per controller fed by
+// informer events, periodic resync, and an orderly stop. Controllers are added by registering a reconciler and
+// the events that map onto its keys; the KVBudget controller is wired here, and so are later ones (the Fleet
+// reconciler, issue 17; the autoscaler, issue 18).
+//
+// Leadership: informers run on every replica (warm caches); controllers run only between startControllers() and
+// stopControllers(), so leader election (issue 18) wraps exactly those two calls.
+import { CoreV1Api, CustomObjectsApi, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { FLEET, GROUP, KVBUDGET, VERSION, type Fleet, type KVBudget } from './api/v1alpha1.ts';
+import type { EngineValidate } from './budget.ts';
+import { budgetsAffectedByFleet, KVBudgetReconciler } from './controllers/kvbudget.ts';
+import { LedgerPool } from './ledgers.ts';
+import { ResourceInformer } from './runtime/informer.ts';
+import { errorText, objectKey, type ResourceRef } from './runtime/kube.ts';
+import { OperatorMetrics } from './runtime/metrics.ts';
+import { WorkQueue } from './runtime/queue.ts';
+
+export const FLEET_RESOURCE: ResourceRef = { group: GROUP, version: VERSION, kind: FLEET.kind, plural: FLEET.plural };
+export const KVBUDGET_RESOURCE: ResourceRef = { group: GROUP, version: VERSION, kind: KVBUDGET.kind, plural: KVBUDGET.plural };
+
+/** A controller's reconcile: idempotent; throws to be retried with backoff; a missing object is not an error. */
+export interface Reconciler {
+  readonly name: string;
+  reconcile(key: string): Promise<void>;
+}
+
+export interface OperatorOptions {
+  kc: KubeConfig;
+  /** watch one namespace; undefined: all */
+  namespace?: string;
+  log: Logger;
+  metrics?: OperatorMetrics;
+  /** the engine's budget check (worker/compress-native.ts validateBudget) */
+  validate: EngineValidate;
+  /** workers per controller queue (default 2) */
+  concurrency?: number;
+  /** every object is reconciled again this often, whatever happened (default 5 min; 0 = never) */
+  resyncMs?: number;
+  /** informer restart delays after errors (defaults 200 ms → 30 s) */
+  informerMinDelayMs?: number;
+  informerMaxDelayMs?: number;
+  /** reconcile retry delays after failures (defaults 100 ms → 60 s) */
+  retryMinMs?: number;
+  retryMaxMs?: number;
+}
+
+interface ControllerEntry {
+  reconciler: Reconciler;
+  queue: WorkQueue | undefined;
+  running: Promise<void> | undefined;
+  resync: () => string[];
+}
+
+export class Operator {
+  readonly log: Logger;
+  readonly metrics: OperatorMetrics;
+  readonly ledgers: LedgerPool;
+  readonly budgets: ResourceInformer<KVBudget>;
+  readonly fleets: ResourceInformer<Fleet>;
+  private readonly opts: OperatorOptions;
+  private readonly controllers = new Map<string, ControllerEntry>();
+  private resyncTimer: NodeJS.Timeout | undefined;
+  private informersStarted = false;
+
+  constructor(opts: OperatorOptions) {
+    this.opts = opts;
+    this.log = opts.log;
+    this.metrics = opts.metrics ?? new OperatorMetrics();
+    this.ledgers = new LedgerPool({ log: opts.log.child({ part: 'ledgers' }) });
+    this.budgets = this.informer<KVBudget>(KVBUDGET_RESOURCE);
+    this.fleets = this.informer<Fleet>(FLEET_RESOURCE);
+    this.metrics.queueDepths = () => [...this.controllers].map(([name, c]) => [name, c.queue?.length ?? 0]);
+    this.setupKVBudgetController();
+  }
+
+  /** A shared informer for a resource, in the operator's namespace scope. */
+  informer<T extends KubernetesObject>(ref: ResourceRef): ResourceInformer<T> {
+    return new ResourceInformer<T>(this.opts.kc, ref, {
+      namespace: this.opts.namespace, log: this.log, minDelayMs: this.opts.informerMinDelayMs, maxDelayMs: this.opts.informerMaxDelayMs,
+      onError: () => this.metrics.informerRestarts.inc({ resource: ref.plural }),
+    });
+  }
+
+  private setupKVBudgetController(): void {
+    const reconciler = new KVBudgetReconciler({
+      custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api),
+      fleets: this.fleets, ledgers: this.ledgers, validate: this.opts.validate,
+      log: this.log.child({ controller: 'kvbudget' }), metrics: this.metrics,
+    });
+    const enqueue = this.addController(reconciler, () => this.budgets.list().map(keyOf));
+    const onBudget = (b: KVBudget) => enqueue(keyOf(b));
+    this.budgets.on('add', onBudget);
+    this.budgets.on('update', onBudget);
+    this.budgets.on('delete', onBudget);
+    const onFleet = (f: Fleet) => {
+      for (const n of budgetsAffectedByFleet(f, this.budgets.list(f.metadata.namespace))) enqueue(objectKey(f.metadata.namespace, n));
+    };
+    this.fleets.on('add', onFleet);
+    this.fleets.on('update', onFleet);
+    this.fleets.on('delete', onFleet);
+  }
+
+  /**
+   * Registers a controller; returns the function that queues a key for it. Keys queued while controllers are
+   * stopped are dropped: startControllers() queues every object again through `resync`.
+   */
+  addController(reconciler: Reconciler, resync: () => string[]): (key: string) => void {
+    if (this.controllers.has(reconciler.name)) throw new Error(`bug: controller ${reconciler.name} registered twice`);
+    const entry: ControllerEntry = { reconciler, queue: undefined, running: undefined, resync };
+    this.controllers.set(reconciler.name, entry);
+    return (key) => entry.queue?.add(key);
+  }
+
+  reconciler(name: string): Reconciler {
+    const e = this.controllers.get(name);
+    if (!e) throw new Error(`bug: no controller ${name}`);
+    return e.reconciler;
+  }
+
+  /** Starts every informer and resolves once each has listed (the caches are complete). */
+  async startInformers(): Promise<void> {
+    this.informersStarted = true;
+    this.budgets.start();
+    this.fleets.start();
+    await Promise.all([this.budgets.waitForSync(), this.fleets.waitForSync()]);
+    this.log.info('informers synced');
+  }
+
+  get informersSynced(): boolean { return this.budgets.hasSynced && this.fleets.hasSynced; }
+  get controllersRunning(): boolean { return [...this.controllers.values()].some((c) => c.queue !== undefined); }
+
+  /** Starts the controllers' workers and queues every cached object once. Call after startInformers(). */
+  startControllers(): void {
+    if (!this.informersStarted) throw new Error('bug: startControllers() before startInformers()');
+    const concurrency = this.opts.concurrency ?? 2;
+    for (const [name, c] of this.controllers) {
+      if (c.queue) continue;
+      const queue = new WorkQueue({ minRetryMs: this.opts.retryMinMs, maxRetryMs: this.opts.retryMaxMs });
+      c.queue = queue;
+      const log = this.log.child({ controller: name });
+      c.running = queue.run((key) => this.timed(c.reconciler, key), concurrency, (key, err) => {
+        this.metrics.reconcileErrors.inc({ controller: name });
+        log.warn({ key, err: errorText(err) }, 'reconcile failed; retrying with backoff');
+      });
+      for (const key of c.resync()) queue.add(key);
+    }
+    const resyncMs = this.opts.resyncMs ?? 300_000;
+    if (resyncMs > 0 && this.resyncTimer === undefined) {
+      this.resyncTimer = setInterval(() => {
+        for (const c of this.controllers.values()) for (const key of c.resync()) c.queue?.add(key);
+      }, resyncMs);
+      this.resyncTimer.unref();
+    }
+    this.log.info({ controllers: [...this.controllers.keys()], concurrency }, 'controllers started');
+  }
+
+  private async timed(r: Reconciler, key: string): Promise<void> {
+    const end = this.metrics.reconcileDuration.startTimer({ controller: r.name });
+    try {
+      await r.reconcile(key);
+      this.metrics.reconciles.inc({ controller: r.name, result: 'success' });
+    } catch (err) {
+      this.metrics.reconciles.inc({ controller: r.name, result: 'error' });
+      throw err;
+    } finally {
+      end();
+    }
+  }
+
+  /** Stops handing out work and waits for reconciles in flight to finish. */
+  async stopControllers(): Promise<void> {
+    clearInterval(this.resyncTimer);
+    this.resyncTimer = undefined;
+    const running: Promise<void>[] = [];
+    for (const c of this.controllers.values()) {
+      c.queue?.shutdown();
+      if (c.running) running.push(c.running);
+      c.queue = undefined;
+      c.running = undefined;
+    }
+    await Promise.all(running);
+  }
+
+  async start(): Promise<void> {
+    await this.startInformers();
+    this.startControllers();
+  }
+
+  /** Graceful stop: controllers finish their current reconcile, then informers and ledger connections close. */
+  async stop(): Promise<void> {
+    await this.stopControllers();
+    await Promise.all([this.budgets.stop(), this.fleets.stop()]);
+    await this.ledgers.close();
+    this.log.info('operator stopped');
+  }
+}
+
+const keyOf = (o: KubernetesObject): string => objectKey(o.metadata?.namespace ?? '', o.metadata?.name ?? '');
