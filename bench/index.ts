@@ -5,5 +5,6 @@ export interface BenchOptions { json: boolean; args: Record<string, string | boo
 export type BenchModule = { run(opts: BenchOptions): Promise<BenchReport> };
 
 export const benches: Record<string, () => Promise<BenchModule>> = {
+  engine: () => import('./engine.ts'),
   ledger: () => import('./ledger.ts'),
 };
