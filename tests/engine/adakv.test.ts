@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Engine, Finish, type EngineBudget } from '../../worker/engine.ts';
+import { BadArgumentError, Engine, Finish, type EngineBudget } from '../../worker/engine.ts';
 import { writeSynthModel } from '../../worker/model/synth.ts';
 import { loadReference, type Detailed } from '../reference/llama-f64.ts';
 import * as ref from '../reference/adakv.ts';
@@ -258,6 +258,23 @@ describe('Ada-KV prefill: budgets, pages and the pool', () => {
     } finally {
       small.close();
     }
+  });
+
+  it('rejects bad budgets with a BadArgumentError naming the field, and adds no sequence', () => {
+    const bad: Array<[object, RegExp]> = [
+      [{ method: 'SNAPKV', tokensPerHead: 32, window: 32 }, /tokens_per_head.*window \+ 1/],
+      [{ method: 'SNAPKV', keepRatio: 0 }, /keep_ratio/], [{ method: 'SNAPKV', keepRatio: 1.5 }, /keep_ratio/],
+      [{ floorAlpha: -0.1 }, /floor_alpha/], [{ floorAlpha: 1.1 }, /floor_alpha/],
+      [{ poolKernel: 4 }, /pool_kernel/], [{ poolKernel: 0 }, /pool_kernel/], [{ pyramidBeta: 1 }, /pyramid_beta/],
+      [{ method: 'BOGUS' }, /method/], [{ method: 'ADA_SNAPKV', tokensPerHead: 100, keepRatio: 0.5 }, /tokens_per_head and keep_ratio/],
+    ];
+    for (const [budget, field] of bad) {
+      let err: unknown;
+      try { m.engine.addSequence(prompt(50, 1, m.V), { maxNewTokens: 2 }, budget as EngineBudget); } catch (e) { err = e; }
+      expect(err, JSON.stringify(budget)).toBeInstanceOf(BadArgumentError);
+      expect((err as Error).message, JSON.stringify(budget)).toMatch(field);
+    }
+    expect(m.engine.poolStats().sequences).toBe(0);
   });
 
   it('leaks no pages: every method, released after prefill, mid-decode and after finishing', async () => {
