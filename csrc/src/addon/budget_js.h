@@ -2,7 +2,7 @@
 // The object uses the proto's camelCase field names and enum names (CONTRACTS.md BudgetSpec):
 //   {method: 'ADA_SNAPKV' | ..., tokensPerHead, keepRatio, window, poolKernel, floorAlpha, pyramidBeta,
 //    decodeMaxTokensPerHead, pooling: 'MAX' | 'AVG', gqaReduce: 'MEAN' | 'MAXIMUM'}
-// Absent fields (undefined or null; enum *_UNSPECIFIED or 0) take the BudgetSpec defaults of compress.h, except
+// An absent budget (undefined or null) is the built-in default budget. Absent fields (undefined or null; enum *_UNSPECIFIED or 0) take the BudgetSpec defaults of compress.h, except
 // that tokensPerHead is unset (0) whenever keepRatio is given. Enums may also be given as their proto numbers.
 // Malformed fields throw kvf::Error(BadArgument) naming the field; the result is NOT range-validated here: call
 // kvf::validate_budget on it (this keeps one place for the rules).

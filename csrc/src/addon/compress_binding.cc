@@ -186,6 +186,7 @@ Register reg([](Napi::Env env, Napi::Object exports) {
 }  // namespace
 
 BudgetSpec budget_from_js(const Napi::Value& v) {
+  if (v.IsUndefined() || v.IsNull()) return BudgetSpec{};  // absent: the built-in default budget
   if (!v.IsObject() || v.IsArray()) bad_argument("budget must be an object, got " + describe(v));
   Napi::Object o = v.As<Napi::Object>();
   BudgetSpec b;
