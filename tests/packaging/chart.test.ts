@@ -76,14 +76,15 @@ describe('rendered objects', () => {
 });
 
 describe('operator', () => {
-  it('runs 2 replicas of `kvfleet operator --leader-elect --metrics-port 9402` with probes on /healthz', () => {
+  it('runs 2 replicas of `kvfleet operator --leader-elect --metrics-port 9402` with probes on /healthz and /readyz', () => {
     const [d] = find(objs('defaults'), 'Deployment', 'kvfleet-operator');
     expect((d.spec as Json).replicas).toBe(2);
     const c = container(d, 'operator');
     expect(c.image).toBe('ghcr.io/kvfleet/kvfleet:0.1.0');
-    expect(c.args).toEqual(['operator', '--leader-elect', '--metrics-port', '9402']);
+    expect(c.args).toEqual(['operator', '--leader-elect', '--metrics-port', '9402', '--log-level', 'info']);
     expect(c.ports).toEqual([{ name: 'metrics', containerPort: 9402, protocol: 'TCP' }]);
-    for (const p of ['livenessProbe', 'readinessProbe']) expect((c[p] as Json).httpGet).toEqual({ path: '/healthz', port: 'metrics' });
+    expect((c.livenessProbe as Json).httpGet).toEqual({ path: '/healthz', port: 'metrics' });
+    expect((c.readinessProbe as Json).httpGet).toEqual({ path: '/readyz', port: 'metrics' });
     expect(envOf(c).get('KVFLEET_LEASE_NAME')?.value).toBe('kvfleet-leader');
     expect(find(objs('defaults'), 'PodDisruptionBudget', 'kvfleet-operator')).toHaveLength(1);
   });
