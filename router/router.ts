@@ -84,6 +84,12 @@ export class Router {
 
   static async start(cfg: RouterConfig, log: Logger = pino({ name: 'kvfleet-router' })): Promise<Router> {
     const router = new Router(cfg, log);
+    try {
+      await (router.ledger as RedisLedger).ready(10_000);
+    } catch (err) {
+      await router.ledger.close();
+      throw new Error(`router: the ledger at ${cfg.redis.replace(/\/\/[^@]*@/, '//')} is unreachable: ${(err as Error).message}`, { cause: err });
+    }
     await router.refresh();
     addGenerationService(router.server, { Generate: (call) => { void router.generate(call); } });
     addHealth(router.server, [SERVICE_NAMES.generation]);

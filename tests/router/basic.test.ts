@@ -1,0 +1,76 @@
+// The router's own answers, before any worker is involved: configuration errors, no capacity, unknown budgets.
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import * as grpc from '@grpc/grpc-js';
+import { pino } from 'pino';
+import { RedisLedger } from '../../ledger/index.ts';
+import { generationClient, type GenerateRequest, type GenerateResponse } from '../../proto/index.ts';
+import { ConfigError, parseRouterConfig } from '../../router/config.ts';
+import { Router } from '../../router/router.ts';
+
+function collect(c: ReturnType<typeof generationClient>, req: GenerateRequest) {
+  return new Promise<{ msgs: GenerateResponse[]; err?: grpc.ServiceError }>((resolve) => {
+    const msgs: GenerateResponse[] = [];
+    const s = c.Generate(req);
+    s.on('data', (m: GenerateResponse) => msgs.push(m));
+    s.on('error', (err: grpc.ServiceError) => resolve({ msgs, err }));
+    s.on('end', () => resolve({ msgs }));
+  });
+}
+
+describe('router configuration', () => {
+  it('names every bad field by its flag', () => {
+    expect(() => parseRouterConfig({ port: 'x', redis: 'http://a', fleet: 'NoSlash' })).toThrow(ConfigError);
+    try {
+      parseRouterConfig({ port: 1, redis: 'http://a', fleet: 'ns/f', policy: 'random' });
+    } catch (e) {
+      expect((e as Error).message).toMatch(/--redis: must be a redis:\/\//);
+      expect((e as Error).message).toMatch(/--policy/);
+    }
+    const ok = parseRouterConfig({ port: 0, redis: 'redis://127.0.0.1:1', fleet: 'ns/f' });
+    expect(ok.policy).toBe('most-free');
+    expect(ok.maxQueueMs).toBe(2000);
+  });
+});
+
+describe('router without workers', () => {
+  let router: Router;
+  let ledger: RedisLedger;
+  const fleet = `test-${process.pid}/router-basic`;
+  beforeAll(async () => {
+    const redis = inject('redisUrl');
+    router = await Router.start(parseRouterConfig({ port: 0, redis, fleet, maxQueueMs: 200, metricsPort: 0 }),
+      pino({ level: 'silent' }));
+    const [namespace, name] = fleet.split('/');
+    ledger = await RedisLedger.connect({ redis, namespace, fleet: name });
+  });
+  afterAll(async () => { await router.close(); await ledger.close(); });
+
+  it('answers RESOURCE_EXHAUSTED (retryable) when no worker has room', async () => {
+    const c = generationClient(`127.0.0.1:${router.port}`);
+    const r = await collect(c, { token_ids: { ids: [5, 6, 7] } });
+    expect(r.err?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    c.close();
+  });
+
+  it('answers NOT_FOUND for a budget name the fleet does not allow', async () => {
+    await ledger.heartbeat('w-ghost', { addr: '127.0.0.1:1', total_pages: 100, free_pages: 100, page_size: 16,
+      num_layers: 2, num_kv_heads: 2, running: 0, waiting: 0, draining: false });
+    const c = generationClient(`127.0.0.1:${router.port}`);
+    const r = await collect(c, { token_ids: { ids: [5, 6, 7] }, budget: { name: 'no-such-budget' } });
+    expect(r.err?.code).toBe(grpc.status.NOT_FOUND);
+    expect(r.err?.details).toMatch(/no-such-budget/);
+    c.close();
+  });
+
+  it('answers INVALID_ARGUMENT for an empty prompt, a text prompt without a tokenizer, a bad inline budget', async () => {
+    const c = generationClient(`127.0.0.1:${router.port}`);
+    expect((await collect(c, { token_ids: { ids: [] } })).err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    const t = await collect(c, { text: 'hello' });
+    expect(t.err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(t.err?.details).toMatch(/tokenizer/);
+    const b = await collect(c, { token_ids: { ids: [1] }, budget: { spec: { method: 'ADA_SNAPKV', keep_ratio: 2 } } });
+    expect(b.err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(b.err?.details).toMatch(/keep_ratio/);
+    c.close();
+  });
+});
