@@ -1,6 +1,9 @@
 // From a KVBudget's spec to the BudgetSpec the ledger stores (proto field names, snake_case, enum names), and the
 // re-validation a schema cannot do: the engine's own rules (worker/compress-native.ts validateBudget, the same code
-// a worker runs on every request), which also see float32 rounding (a keepRatio of 1e-50 is 0 to the engine).
+// a worker runs on every request), which also see float32 rounding (a keepRatio of 1e-50 is 0 to the engine), and
+// the ledger's (ledger/footprint.ts resolveBudgetSpec, what routers size requests with). Both must accept a budget:
+// the engine alone would take "neither tokensPerHead nor keepRatio" as its built-in 1024, which routers refuse.
+import { BudgetSpecError, resolveBudgetSpec } from '../ledger/index.ts';
 import type { BudgetSpec, GqaReduce, Method, Pooling } from '../proto/index.ts';
 import type { BudgetSpecJs, GqaReduceName, MethodName, PoolingName } from '../worker/compress-native.ts';
 import { BadArgumentError } from '../worker/engine.ts';
@@ -79,7 +82,8 @@ function specWords(message: string): string {
 }
 
 /**
- * The ledger BudgetSpec of a valid KVBudget, or InvalidBudgetError with the engine's reason in the spec's words.
+ * The ledger BudgetSpec of a valid KVBudget, or InvalidBudgetError with the engine's (or the ledger's) reason in
+ * the spec's words.
  * Errors that are not about the budget (the addon missing or broken) propagate: the reconcile fails and retries.
  */
 export function resolveKVBudget(spec: KVBudgetSpec, validate: EngineValidate): BudgetSpec {
@@ -88,6 +92,15 @@ export function resolveKVBudget(spec: KVBudgetSpec, validate: EngineValidate): B
     validate(toEngineBudget(budget));
   } catch (err) {
     if (err instanceof BadArgumentError) throw new InvalidBudgetError(specWords(err.message));
+    throw err;
+  }
+  try {
+    resolveBudgetSpec(budget);
+  } catch (err) {
+    if (err instanceof BudgetSpecError) {
+      throw new InvalidBudgetError(specWords(err.message.replace(/^budget ([a-z_/]+): /, (_m, f: string) =>
+        `${f.split('/').map((x) => `spec.${SNAKE_TO_SPEC[x] ?? x}`).join('/')}: `)));
+    }
     throw err;
   }
   return budget;

@@ -1,0 +1,73 @@
+// Shared pieces of the operator suites: an in-process API server with the generated CRDs installed (from the
+// committed YAML, as kubectl would apply them), object builders, and an in-process Operator with short delays.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import { pino } from 'pino';
+import YAML from 'yaml';
+import { FLEET_CRD, GROUP, KVBUDGET_CRD, VERSION } from '../../operator/api/v1alpha1.ts';
+import { Operator } from '../../operator/manager.ts';
+import { validateBudget } from '../../worker/compress-native.ts';
+import { REPO_ROOT } from '../harness/proc.ts';
+import { KubeApiServer } from '../kube/apiserver.ts';
+import { kubeConfigFor } from '../kube/client.ts';
+import type { JsonObject } from '../kube/patch.ts';
+
+export const silentLog = pino({ level: 'silent' });
+
+/** Installs the CRDs from manifests/crds/ (the files users apply). */
+export function installCrds(server: KubeApiServer): void {
+  for (const crd of [FLEET_CRD, KVBUDGET_CRD]) {
+    const file = path.join(REPO_ROOT, 'manifests/crds', `${crd.metadata.name}.yaml`);
+    server.put(YAML.parse(readFileSync(file, 'utf8')) as JsonObject);
+  }
+}
+
+export interface Cluster {
+  server: KubeApiServer;
+  kc: KubeConfig;
+  core: CoreV1Api;
+  custom: CustomObjectsApi;
+  namespace(): Promise<string>;
+}
+
+let nsCounter = 0;
+
+export async function startCluster(opts: { bookmarkIntervalMs?: number } = {}): Promise<Cluster> {
+  const server = await KubeApiServer.start({ bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 500 });
+  installCrds(server);
+  const kc = kubeConfigFor(server);
+  const core = kc.makeApiClient(CoreV1Api);
+  return {
+    server, kc, core, custom: kc.makeApiClient(CustomObjectsApi),
+    async namespace() {
+      const name = `op${process.pid}-${++nsCounter}`;
+      await core.createNamespace({ body: { metadata: { name } } });
+      return name;
+    },
+  };
+}
+
+export const budgetTarget = (namespace: string) => ({ group: GROUP, version: VERSION, namespace, plural: 'kvbudgets' });
+export const fleetTarget = (namespace: string) => ({ group: GROUP, version: VERSION, namespace, plural: 'fleets' });
+
+export function kvBudget(namespace: string, name: string, spec: Record<string, unknown>) {
+  return { apiVersion: `${GROUP}/${VERSION}`, kind: 'KVBudget', metadata: { name, namespace }, spec };
+}
+
+export function fleet(namespace: string, name: string, spec: Record<string, unknown>) {
+  return { apiVersion: `${GROUP}/${VERSION}`, kind: 'Fleet', metadata: { name, namespace },
+    spec: { model: { source: 'pvc://models/llama' }, ...spec } };
+}
+
+/** An Operator with short delays, as the process would build it (the engine's real budget check). */
+export function testOperator(kc: KubeConfig, extra: { namespace?: string } = {}): Operator {
+  return new Operator({
+    kc, namespace: extra.namespace, log: silentLog, validate: validateBudget, resyncMs: 0,
+    informerMinDelayMs: 50, informerMaxDelayMs: 400, retryMinMs: 50, retryMaxMs: 1000,
+  });
+}
+
+/** Calls that change something, as the API server recorded them. */
+export const writes = (server: KubeApiServer, namespace: string) => server.calls()
+  .filter((c) => c.namespace === namespace && ['create', 'update', 'patch', 'delete', 'deletecollection'].includes(c.verb));
