@@ -7,4 +7,5 @@ export type BenchModule = { run(opts: BenchOptions): Promise<BenchReport> };
 export const benches: Record<string, () => Promise<BenchModule>> = {
   engine: () => import('./engine.ts'),
   ledger: () => import('./ledger.ts'),
+  quality: () => import('./quality.ts'),
 };

@@ -1,7 +1,7 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
 
 // Kept here (not imported from worker/model) so `kvfleet --help` loads no model code.
-const PRESETS = ['tiny', 'small'] as const;
+const PRESETS = ['tiny', 'small', 'hetero'] as const;
 const DTYPES = ['f32', 'f16', 'bf16'] as const;
 
 function parseIntAtLeast(min: number) {
@@ -17,12 +17,12 @@ export function registerSynthModel(program: Command): void {
     .description('write a Llama-family model with seeded random weights as Hugging Face files '
       + '(config.json, model.safetensors, tokenizer.json, tokenizer_config.json)')
     .requiredOption('--out <dir>', 'output directory (created if missing)')
-    .addOption(new Option('--preset <name>', 'model size').choices(PRESETS).makeOptionMandatory())
+    .addOption(new Option('--preset <name>', 'model size (hetero: structured attention heads for the quality benchmark)').choices(PRESETS).makeOptionMandatory())
     .option('--seed <n>', 'weight seed (non-negative integer)', parseIntAtLeast(0), 0)
-    .addOption(new Option('--dtype <dtype>', 'weight dtype on disk (default: f32 for tiny, f16 for small)').choices(DTYPES))
+    .addOption(new Option('--dtype <dtype>', 'weight dtype on disk (default: f32 for tiny and hetero, f16 for small)').choices(DTYPES))
     .option('--shards <k>', 'write k shard files plus model.safetensors.index.json (k >= 2; 1 = one file)',
       parseIntAtLeast(1), 1)
-    .action(async (opts: { out: string; preset: 'tiny' | 'small'; seed: number; dtype?: 'f32' | 'f16' | 'bf16'; shards: number }) => {
+    .action(async (opts: { out: string; preset: (typeof PRESETS)[number]; seed: number; dtype?: 'f32' | 'f16' | 'bf16'; shards: number }) => {
       const { writeSynthModel } = await import('../../worker/model/synth.ts');
       const r = writeSynthModel({ out: opts.out, preset: opts.preset, seed: opts.seed, dtype: opts.dtype, shards: opts.shards });
       const c = r.config;

@@ -3,8 +3,8 @@
 import type { DtypeName } from './dtype.ts';
 import { BOS_ID, EOS_ID } from './tokenizer.ts';
 
-export type PresetName = 'tiny' | 'small';
-export const PRESET_NAMES: readonly PresetName[] = ['tiny', 'small'];
+export type PresetName = 'tiny' | 'small' | 'hetero';
+export const PRESET_NAMES: readonly PresetName[] = ['tiny', 'small', 'hetero'];
 
 export interface Preset {
   L: number;   // num_hidden_layers
@@ -25,6 +25,9 @@ export const PRESETS: Record<PresetName, Preset> = {
   tiny: { L: 2, D: 64, H: 4, Hk: 2, d: 16, F: 128, V: 512, maxPos: 8192, ropeTheta: 10000, tied: false, defaultDtype: 'f32' },
   // benchmarks: ~100.7M parameters; untied, so the lm_head matrix is real decode bandwidth as in 8B-class models.
   small: { L: 12, D: 768, H: 12, Hk: 4, d: 64, F: 2048, V: 16384, maxPos: 32768, ropeTheta: 500000, tied: false, defaultDtype: 'f16' },
+  // compression quality: seeded random weights plus the attention structure of hetero.ts (heads that differ, and
+  // whose favoured keys stay favoured); small enough for 4K-token prompts on 2 cores. f32 so the structure is exact.
+  hetero: { L: 4, D: 256, H: 8, Hk: 4, d: 32, F: 512, V: 4096, maxPos: 8192, ropeTheta: 1e6, tied: false, defaultDtype: 'f32' },
 };
 
 /** A config.json object. Known fields are typed; overrides may add any other field. */

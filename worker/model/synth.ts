@@ -14,6 +14,7 @@ import { allocStorage, DTYPE_NAMES, DTYPES, storageBytes, type DtypeName } from 
 import { Rng } from './prng.ts';
 import { shardFileName, splitShards, tensorByteSize, writeSafetensors, type TensorSpec } from './safetensors.ts';
 import { buildTokenizer } from './tokenizer.ts';
+import { checkHeteroConfig, heteroSalience, structureTensor } from './hetero.ts';
 
 export { PRESETS, PRESET_NAMES, type HfConfig, type PresetName } from './config.ts';
 export { DTYPE_NAMES, type DtypeName } from './dtype.ts';
@@ -28,7 +29,7 @@ export interface SynthModelOptions {
   preset: PresetName;
   /** Non-negative safe integer; default 0. */
   seed?: number;
-  /** Weight dtype on disk; default: the preset's (tiny f32, small f16). */
+  /** Weight dtype on disk; default: the preset's (tiny f32, small f16, hetero f32). */
   dtype?: DtypeName;
   /** 1 (default) = model.safetensors; K >= 2 = K shard files + model.safetensors.index.json. */
   shards?: number;
@@ -131,12 +132,18 @@ export function writeSynthModel(opts: SynthModelOptions): SynthModelResult {
 
   const cfg = applyOverrides(presetConfig(preset, DTYPES[dtype].torch), opts.overrides);
   const tok = buildTokenizer(cfg.vocab_size, cfg.max_position_embeddings);
+  // hetero: the same seeded random init, then the structure of hetero.ts written over it
+  const structured = opts.preset === 'hetero';
+  if (structured) checkHeteroConfig(cfg);
+  let salience: Float32Array[] | undefined;
+  const getSalience = () => (salience ??= heteroSalience(seed, cfg.vocab_size));
 
   const specs: TensorSpec[] = modelTensors(cfg).map(({ name, shape, init }) => ({
     name, shape, dtype,
     bytes: () => {
       const a = allocStorage(shape.reduce((x, y) => x * y, 1), dtype);
       fillNormal(a, seed, name, init);
+      if (structured) structureTensor(a, name, seed, getSalience);
       return storageBytes(a, dtype);
     },
   }));
