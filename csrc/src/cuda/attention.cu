@@ -156,7 +156,8 @@ void run_prefill(const Stream& st, float* out, const float* q, const float* k, c
 }
 
 // ============================================================================================================
-// Decode, pass 1: one block per (work item = (head hi = b * Hk + g, chunk c), query-head group r0 = 8 * blockIdx.y).
+// Decode, pass 1: one block per (work item = (head hi = b * Hk + g, chunk c), query-head group r0 = GM * blockIdx.y;
+// GM = 4 when G <= 4, else 8).
 // block 128 = 4 warps. The chunk holds tokens [c * 256, min(len, c * 256 + 256)) of the head (clen of them).
 // Token mapping: LPT lanes read one token's row (16 bytes each: VEC elements; NV such vectors per lane when the
 // row is wider than 32 * 16 bytes), so a warp reads TPW = 32 / LPT tokens per step and the block 4 * TPW.
@@ -200,7 +201,7 @@ struct KVec<float> {
   }
 };
 
-template <typename KT, int LPT, int NV>
+template <typename KT, int LPT, int NV, int GM>
 __global__ void __launch_bounds__(kDecWarps * 32)
     attn_decode_split_kernel(float* __restrict__ ws, const float* __restrict__ q, const KT* __restrict__ kv,
                              const DecodeHead* __restrict__ heads, const int32_t* __restrict__ items,
@@ -209,9 +210,9 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   constexpr int VEC = KVec<KT>::VEC;
   constexpr int TPW = 32 / LPT;
   constexpr int STEP = kDecWarps * TPW;  // tokens per block step
-  constexpr int GM = kDecodeGroup;
+  // GM: query heads per block (4 when G <= 4, else 8): the register arrays qr/acc are sized by it
   extern __shared__ float dsm[];
-  // shared (gs = min(G, 8) rows): qs [gs][d], s [gs][chunk], red [warps][gs][d], ml [gs][2], pg [chunk + 1] (int)
+  // shared (gs = min(G, GM) rows): qs [gs][d], s [gs][chunk], red [warps][gs][d], ml [gs][2], pg [chunk + 1] (int)
   float* qs = dsm;
   float* s = qs + gs * d;
   float* red = s + gs * kDecodeChunk;
@@ -408,34 +409,42 @@ __global__ void attn_decode_combine_kernel(float* __restrict__ out, const float*
   }
 }
 
-template <typename KT, int LPT, int NV>
+template <typename KT, int LPT, int NV, int GM>
 void run_decode_split(const Stream& st, float* ws, const float* q, const KVStoreDesc& kv, const DecodeHead* heads,
                       const int32_t* items, int n_items, const int32_t* pages, int Hk, int G) {
   const int d = kv.d;
-  const int gs = std::min(G, kDecodeGroup);
+  const int gs = std::min(G, GM);
   const size_t smem = ((size_t)gs * d + (size_t)gs * kDecodeChunk + (size_t)kDecWarps * gs * d + 2 * (size_t)gs) *
                           sizeof(float) +
                       (kDecodeChunk + 1) * sizeof(int);
-  auto kern = attn_decode_split_kernel<KT, LPT, NV>;
+  auto kern = attn_decode_split_kernel<KT, LPT, NV, GM>;
   if (smem > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  dim3 grid(n_items, (G + kDecodeGroup - 1) / kDecodeGroup);
+  dim3 grid(n_items, (G + GM - 1) / GM);
   kern<<<grid, kDecWarps * 32, smem, st.s>>>(ws, q, static_cast<const KT*>(kv.base), heads, items, pages, Hk, G, gs,
                                              d, kv.P, (int64_t)kv.page_elems(), 1.f / sqrtf((float)d));
   KVF_AFTER_LAUNCH(st, "attn_decode_split_kernel");
 }
 
 // Lanes per token: the smallest power of two >= the row's 16-byte vectors, at most 32 (then NV = 2 vectors each).
+// Query heads per block: 4 when G <= 4 (half the registers, twice the resident blocks), else 8. The choice depends
+// only on the model (G, d), so every head of every batch runs the same kernel.
+template <typename KT, int GM>
+void dispatch_decode_g(const Stream& st, float* ws, const float* q, const KVStoreDesc& kv, const DecodeHead* heads,
+                       const int32_t* items, int n_items, const int32_t* pages, int Hk, int G) {
+  const int nvec = kv.d / KVec<KT>::VEC;
+  if (nvec <= 1) run_decode_split<KT, 1, 1, GM>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
+  else if (nvec <= 2) run_decode_split<KT, 2, 1, GM>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
+  else if (nvec <= 4) run_decode_split<KT, 4, 1, GM>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
+  else if (nvec <= 8) run_decode_split<KT, 8, 1, GM>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
+  else if (nvec <= 16) run_decode_split<KT, 16, 1, GM>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
+  else if (nvec <= 32) run_decode_split<KT, 32, 1, GM>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
+  else run_decode_split<KT, 32, 2, GM>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
+}
 template <typename KT>
 void dispatch_decode(const Stream& st, float* ws, const float* q, const KVStoreDesc& kv, const DecodeHead* heads,
                      const int32_t* items, int n_items, const int32_t* pages, int Hk, int G) {
-  const int nvec = kv.d / KVec<KT>::VEC;
-  if (nvec <= 1) run_decode_split<KT, 1, 1>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
-  else if (nvec <= 2) run_decode_split<KT, 2, 1>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
-  else if (nvec <= 4) run_decode_split<KT, 4, 1>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
-  else if (nvec <= 8) run_decode_split<KT, 8, 1>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
-  else if (nvec <= 16) run_decode_split<KT, 16, 1>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
-  else if (nvec <= 32) run_decode_split<KT, 32, 1>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
-  else run_decode_split<KT, 32, 2>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
+  if (G <= 4) dispatch_decode_g<KT, 4>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
+  else dispatch_decode_g<KT, kDecodeGroup>(st, ws, q, kv, heads, items, n_items, pages, Hk, G);
 }
 
 }  // namespace

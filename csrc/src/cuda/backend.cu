@@ -50,6 +50,10 @@ class CudaBackend final : public Backend {
     max_smem_ = (int)prop.sharedMemPerBlockOptin;
     CUDA_CHECK(cudaStreamCreateWithFlags(&st_.s, cudaStreamNonBlocking));
     st_.sync_each = opts.sync_after_launch;
+    if (opts.time_decode_kernels) {
+      CUDA_CHECK(cudaEventCreate(&ev_[0]));
+      CUDA_CHECK(cudaEventCreate(&ev_[1]));
+    }
   }
 
   ~CudaBackend() override {
@@ -57,6 +61,8 @@ class CudaBackend final : public Backend {
     cudaSetDevice(dev_);
     if (st_.s) cudaStreamSynchronize(st_.s);
     for (auto& kv : weights_) cudaFree(kv.second.p);
+    for (cudaEvent_t e : ev_)
+      if (e) cudaEventDestroy(e);
     if (st_.s) cudaStreamDestroy(st_.s);
   }
 
@@ -196,9 +202,11 @@ class CudaBackend final : public Backend {
     const size_t o_p = stage_.add(flat_pages_.data(), flat_pages_.size() * sizeof(int32_t));
     char* base = stage_.upload(st_);
     float* ws = static_cast<float*>(decode_ws_.ensure((size_t)std::max(n_items, 1) * G * (kv.d + 2) * sizeof(float), st_));
+    if (ev_[0]) CUDA_CHECK(cudaEventRecord(ev_[0], st_.s));
     cuda::launch_attn_decode(st_, out, q, B, H, Hk, kv, reinterpret_cast<const DecodeHead*>(base + o_h),
                              reinterpret_cast<const int32_t*>(base + o_i), n_items,
                              reinterpret_cast<const int32_t*>(base + o_p), ws);
+    if (ev_[1]) CUDA_CHECK(cudaEventRecord(ev_[1], st_.s));
   }
 
   void kv_write(const KVStoreDesc& kv, const float* k, const float* v, int64_t row_stride, const int32_t* src_row,
@@ -297,6 +305,15 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(st_.s));
   }
 
+  double last_decode_kernel_ms() {
+    if (!ev_[0]) bad_argument("cuda_last_decode_kernel_ms: the backend was made without time_decode_kernels");
+    on_device();
+    CUDA_CHECK(cudaEventSynchronize(ev_[1]));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, ev_[0], ev_[1]));
+    return ms;
+  }
+
  private:
   struct DevWeight {
     void* p;
@@ -342,6 +359,7 @@ class CudaBackend final : public Backend {
   GrowBuffer planes_, decode_ws_, readback_, snap_ws_;
   std::vector<DecodeHead> dh_;
   std::vector<int32_t> flat_pages_, items_;
+  cudaEvent_t ev_[2] = {nullptr, nullptr};  // around the decode kernels, when time_decode_kernels
 };
 
 }  // namespace
@@ -351,5 +369,11 @@ std::unique_ptr<Backend> make_cuda_backend(int32_t device, const CudaOptions& op
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int32_t device) { return make_cuda_backend(device, CudaOptions{}); }
+
+double cuda_last_decode_kernel_ms(Backend& be) {
+  auto* cb = dynamic_cast<CudaBackend*>(&be);
+  if (!cb) bad_argument("cuda_last_decode_kernel_ms: backend '" + std::string(be.name()) + "' is not the CUDA backend");
+  return cb->last_decode_kernel_ms();
+}
 
 }  // namespace kvf

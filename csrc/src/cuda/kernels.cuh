@@ -50,7 +50,7 @@ void launch_attn_prefill(const Stream& st, float* out, const float* q, const flo
 // Decode attention is split along each head's tokens in chunks of kDecodeChunk: chunk c of a head covers tokens
 // [c * kDecodeChunk, (c + 1) * kDecodeChunk), so the split points depend only on the head's length.
 constexpr int kDecodeChunk = 256;
-constexpr int kDecodeGroup = 8;  // query heads of one KV head handled by one block (G > 8: several blocks)
+constexpr int kDecodeGroup = 8;  // at most this many query heads of one KV head per block (G > 8: several blocks)
 struct DecodeHead {
   int32_t page_off;  // first entry of this head's page list in the flat page array
   int32_t len;       // tokens
