@@ -234,6 +234,11 @@ export interface GgufExportOptions {
   /** Matrix dtype. Norm weights are always F32 (llama.cpp's convert script keeps 1-D tensors in F32). */
   dtype: GgufFloat;
   name?: string;
+  /**
+   * Permute q/k rows for llama.cpp's RoPE (default true). false writes a file llama.cpp runs as a different model:
+   * only the negative control in tests/bench/gguf.test.ts uses it, to prove the agreement test can fail.
+   */
+  ropePermutation?: boolean;
 }
 
 export interface GgufExportResult {
@@ -263,12 +268,13 @@ export function exportGguf(opts: GgufExportOptions): GgufExportResult {
   };
   const tensors: OutTensor[] = [];
   // a matrix [out, in] in the chosen dtype (ne = [in, out]); `ropeHeads` permutes its rows for llama.cpp's RoPE
+  const permute = opts.ropePermutation !== false;
   const mat = (gguf: string, hf: string, rows: number, cols: number, ropeHeads?: number): void => {
     const t = get(hf, [rows, cols]);
     const type = opts.dtype;
     tensors.push({ name: gguf, ne: [cols, rows], type, bytes: rows * cols * GGML_BYTES[type], data: () => {
       const b = encode(t, type);
-      return ropeHeads ? permuteRopeRows(b, rows, ropeHeads) : b;
+      return ropeHeads && permute ? permuteRopeRows(b, rows, ropeHeads) : b;
     } });
   };
   const vec = (gguf: string, hf: string, n: number): void => {
