@@ -192,6 +192,16 @@ describe('kvfleet generate: output', () => {
     expect(r.kv.min_head_tokens).toBeLessThan(r.kv.max_head_tokens);  // the pyramid gives layers different budgets
   });
 
+  it('--decode-max-tokens-per-head bounds the mean per-head length while decoding', async () => {
+    const D = 48, Pg = 16;
+    const r = await generateJson(['--model', model, '--prompt', LONG_PROMPT, '--max-new-tokens', '60', '--ignore-eos',
+      '--method', 'AdaSnapKV', '--tokens-per-head', '40', '--window', '8', '--decode-max-tokens-per-head', String(D)]);
+    const kv = r.kv as GenJson['kv'] & { recompressions: number };
+    expect(kv.recompressions).toBeGreaterThan(0);
+    expect(kv.kept_tokens / (L * Hk)).toBeLessThanOrEqual(D + Pg);
+    expect(kv.full_tokens).toBe(L * Hk * (r.prompt_token_ids.length + 59));
+  });
+
   it('--stop-id ends generation with finish reason STOP at that token', async () => {
     const args = ['--model', model, '--prompt', 'stop here', '--max-new-tokens', '12', '--temperature', '0', '--ignore-eos'];
     const free = await generateJson(args);
