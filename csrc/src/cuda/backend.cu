@@ -80,11 +80,13 @@ class CudaBackend final : public Backend {
     }
     return p;
   }
+  // Never throws: it runs in destructors (the engine's, during unwinding too). A failure here means the context is
+  // already broken by an earlier fault, which the next checked call reports.
   void free(void* p) override {
     if (!p) return;
-    on_device();
-    CUDA_CHECK(cudaStreamSynchronize(st_.s));
-    CUDA_CHECK(cudaFree(p));
+    cudaSetDevice(dev_);
+    cudaStreamSynchronize(st_.s);  // a queued kernel may still use the buffer
+    if (cudaFree(p) != cudaSuccess) cudaGetLastError();
   }
   // Synchronous: the caller may reuse or free src_host as soon as this returns, whatever memory it is.
   void upload(void* dst, const void* src, size_t bytes) override {
