@@ -18,6 +18,19 @@
 //   --worker-id ID             KVFLEET_WORKER_ID           default POD_NAME, else host:port (CONTRACTS.md, "Worker identity")
 //   --metrics-port N           KVFLEET_METRICS_PORT        Prometheus port (served from Worker II on), default 9400, 0 = off
 //   --log-level L              KVFLEET_LOG_LEVEL           pino level, default info
+// In a fleet (Worker II; both or neither of --redis and --fleet):
+//   --redis URL                KVFLEET_REDIS_URL           the fleet's ledger (redis:// or rediss://)
+//   --redis-password-file F    KVFLEET_REDIS_PASSWORD_FILE Redis password, read from a file (never from a flag)
+//   --fleet NS/NAME            KVFLEET_FLEET               the fleet whose ledger keys this worker joins
+//   --heartbeat-ms N           KVFLEET_HEARTBEAT_MS        ledger heartbeat period, default 500
+//   --budget-refresh-ms N      KVFLEET_BUDGET_REFRESH_MS   full re-read of the fleet's budgets, default 5000 (events
+//                                                          on the channel apply at once; this heals missed ones)
+//   --drain-timeout-ms N       KVFLEET_DRAIN_TIMEOUT_MS    after SIGTERM, how long running work may take, default 600000
+// Security (secrets come from files only, and are never logged):
+//   --auth-token-file F        KVFLEET_AUTH_TOKEN_FILE     bearer token every call but grpc.health.v1.Health must carry
+//   --tls-cert F / --tls-key F KVFLEET_TLS_CERT / _KEY     serve TLS (PEM certificate chain and private key)
+//   --tls-client-ca F          KVFLEET_TLS_CLIENT_CA       also require client certificates signed by this CA (mTLS)
+// Identity: POD_NAME (worker id) and POD_IP (the address published in the ledger) from the downward API.
 // With none of --kv-memory / --kv-memory-fraction / --num-pages the pool takes a fraction of free memory:
 // 0.9 of the device's memory with CUDA (Fleet's kvMemoryFraction default), 0.5 of free host memory on CPU.
 import { z } from 'zod';
@@ -48,6 +61,16 @@ export const OPTION_NAMES = {
   workerId: ['--worker-id', 'KVFLEET_WORKER_ID'],
   metricsPort: ['--metrics-port', 'KVFLEET_METRICS_PORT'],
   logLevel: ['--log-level', 'KVFLEET_LOG_LEVEL'],
+  redis: ['--redis', 'KVFLEET_REDIS_URL'],
+  redisPasswordFile: ['--redis-password-file', 'KVFLEET_REDIS_PASSWORD_FILE'],
+  fleet: ['--fleet', 'KVFLEET_FLEET'],
+  heartbeatMs: ['--heartbeat-ms', 'KVFLEET_HEARTBEAT_MS'],
+  budgetRefreshMs: ['--budget-refresh-ms', 'KVFLEET_BUDGET_REFRESH_MS'],
+  drainTimeoutMs: ['--drain-timeout-ms', 'KVFLEET_DRAIN_TIMEOUT_MS'],
+  authTokenFile: ['--auth-token-file', 'KVFLEET_AUTH_TOKEN_FILE'],
+  tlsCert: ['--tls-cert', 'KVFLEET_TLS_CERT'],
+  tlsKey: ['--tls-key', 'KVFLEET_TLS_KEY'],
+  tlsClientCa: ['--tls-client-ca', 'KVFLEET_TLS_CLIENT_CA'],
 } as const;
 export type OptionKey = keyof typeof OPTION_NAMES;
 
@@ -89,6 +112,17 @@ export const WorkerConfigSchema = z.object({
   workerId: z.string().min(1).optional(),
   metricsPort: int(0, 65535).default(9400),
   logLevel: z.enum(LOG_LEVELS).default('info'),
+  redis: z.string().regex(/^rediss?:\/\/\S+$/, 'must be a redis:// or rediss:// URL').optional(),
+  redisPasswordFile: z.string().min(1).optional(),
+  // the ledger's hash tag {NS/NAME} breaks on whitespace, braces or a second slash (ledger/keys.ts)
+  fleet: z.string().regex(/^[^\s{}/]+\/[^\s{}/]+$/, 'must be NAMESPACE/NAME (no whitespace, braces or other slashes)').optional(),
+  heartbeatMs: int(10, 60_000).default(500),
+  budgetRefreshMs: int(100, 3_600_000).default(5000),
+  drainTimeoutMs: int(0).default(600_000),
+  authTokenFile: z.string().min(1).optional(),
+  tlsCert: z.string().min(1).optional(),
+  tlsKey: z.string().min(1).optional(),
+  tlsClientCa: z.string().min(1).optional(),
 });
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
 export type WorkerConfigInput = Partial<Record<OptionKey, string | number | undefined>>;
@@ -97,7 +131,7 @@ export type WorkerConfigInput = Partial<Record<OptionKey, string | number | unde
  * The one parse: command-line values over environment values, then the schema. Throws WorkerConfigError whose
  * message names each bad option by flag and environment variable.
  */
-export function parseWorkerConfig(cli: WorkerConfigInput, env: NodeJS.ProcessEnv = {}): WorkerConfig & { podName?: string } {
+export function parseWorkerConfig(cli: WorkerConfigInput, env: NodeJS.ProcessEnv = {}): WorkerConfig & Identity {
   const raw: Record<string, unknown> = {};
   for (const [key, [, envName]] of Object.entries(OPTION_NAMES)) {
     const v = cli[key as OptionKey] ?? env[envName];
@@ -110,6 +144,16 @@ export function parseWorkerConfig(cli: WorkerConfigInput, env: NodeJS.ProcessEnv
     lines.push(`${pool.map((k) => OPTION_NAMES[k][0]).join(', ')}: give at most one of --kv-memory, `
       + '--kv-memory-fraction, --num-pages');
   }
+  const flag = (k: OptionKey) => `${OPTION_NAMES[k][0]} (${OPTION_NAMES[k][1]})`;
+  if ((raw.redis === undefined) !== (raw.fleet === undefined)) {
+    lines.push(`${flag(raw.redis === undefined ? 'redis' : 'fleet')}: is required with ${flag(raw.redis === undefined ? 'fleet' : 'redis')} `
+      + '(a worker joins a fleet with both, or runs alone with neither)');
+  }
+  if (raw.redisPasswordFile !== undefined && raw.redis === undefined) lines.push(`${flag('redisPasswordFile')}: needs --redis`);
+  if ((raw.tlsCert === undefined) !== (raw.tlsKey === undefined)) {
+    lines.push(`${flag(raw.tlsCert === undefined ? 'tlsCert' : 'tlsKey')}: is required with ${flag(raw.tlsCert === undefined ? 'tlsKey' : 'tlsCert')}`);
+  }
+  if (raw.tlsClientCa !== undefined && raw.tlsCert === undefined) lines.push(`${flag('tlsClientCa')}: needs --tls-cert and --tls-key`);
   const r = WorkerConfigSchema.safeParse(raw);
   if (!r.success) {
     lines.unshift(...r.error.issues.map((i) => {
@@ -122,5 +166,16 @@ export function parseWorkerConfig(cli: WorkerConfigInput, env: NodeJS.ProcessEnv
   }
   if (lines.length > 0 || !r.success) throw new WorkerConfigError(`invalid worker options:\n  ${lines.join('\n  ')}`);
   const podName = env.POD_NAME !== undefined && env.POD_NAME !== '' ? env.POD_NAME : undefined;
-  return { ...r.data, podName };
+  const podIp = env.POD_IP !== undefined && env.POD_IP !== '' ? env.POD_IP : undefined;
+  return { ...r.data, podName, podIp };
+}
+
+/** Downward-API identity (CONTRACTS.md, "Worker identity"): worker_id = POD_NAME, ledger addr = POD_IP:port. */
+export interface Identity { podName?: string; podIp?: string }
+
+/** The fleet option split into the ledger's namespace and fleet name (the schema checked its shape). */
+export function fleetName(cfg: WorkerConfig): { namespace: string; fleet: string } | undefined {
+  if (cfg.fleet === undefined) return undefined;
+  const [namespace, fleet] = cfg.fleet.split('/');
+  return { namespace, fleet };
 }

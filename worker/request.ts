@@ -41,6 +41,8 @@ export interface RequestContext {
   tokenizer: Tokenizer;
   vocabSize: number;
   maxModelLen: number;
+  /** named and default budgets (default: the built-in default only) */
+  budgets?: BudgetSource;
 }
 
 function checkIds(field: string, ids: readonly number[], V: number): void {
@@ -50,34 +52,56 @@ function checkIds(field: string, ids: readonly number[], V: number): void {
   }
 }
 
-/** The budget a request runs under: inline spec (validated), the built-in "default" name, or NOT_FOUND. */
-export function resolveSelector(sel: BudgetSelector | undefined): ResolvedBudgetSpec {
+/**
+ * Where named budgets and the default budget come from: the built-in default alone (a worker without a ledger), or
+ * the fleet's budgets cached from the ledger (worker/budgets.ts). Both answer synchronously; a request never waits
+ * on Redis.
+ */
+export interface BudgetSource {
+  /** The budget of a request that names none and gives no inline spec. */
+  defaultBudget(): ResolvedBudgetSpec;
+  /** A named budget; throws RequestError (NOT_FOUND for a name the fleet does not allow). */
+  named(name: string): ResolvedBudgetSpec;
+}
+
+/** Without a ledger only the built-in default budget exists, under the name 'default'. */
+export const BUILTIN_BUDGETS: BudgetSource = {
+  defaultBudget: () => ({ ...BUILTIN_DEFAULT_BUDGET }),
+  named(name) {
+    if (name === 'default') return { ...BUILTIN_DEFAULT_BUDGET };
+    throw new RequestError('NOT_FOUND', 'budget.name', `unknown budget '${name}' (this worker is in no fleet and knows only 'default')`);
+  },
+};
+
+/** The budget a request runs under: inline spec (validated), a name the source knows, or the source's default. */
+export function resolveSelector(sel: BudgetSelector | undefined, budgets: BudgetSource = BUILTIN_BUDGETS): ResolvedBudgetSpec {
   if (sel === undefined || sel === null || (sel.selector === undefined && sel.name === undefined && sel.spec === undefined)) {
-    return { ...BUILTIN_DEFAULT_BUDGET };
+    return budgets.defaultBudget();
   }
   if (sel.selector === 'name' || (sel.selector === undefined && sel.name !== undefined)) {
-    // Without a ledger (Worker II) only the built-in default budget has a name.
-    if (sel.name === 'default') return { ...BUILTIN_DEFAULT_BUDGET };
-    throw new RequestError('NOT_FOUND', 'budget.name', `unknown budget '${sel.name}' (this worker knows only 'default')`);
+    if (!sel.name) throw invalid('budget.name', 'is empty');
+    return budgets.named(sel.name);
   }
   return checkSpec(sel.spec ?? {});
 }
 
-function checkSpec(spec: BudgetSpec): ResolvedBudgetSpec {
+/** Fills defaults and checks every field (footprint fields and those only the engine reads); errors name
+ *  `budget.spec.<field>`, or `<prefix>.<field>` for a fleet budget. */
+export function checkSpec(spec: BudgetSpec, prefix = 'budget.spec'): ResolvedBudgetSpec {
   let s: ResolvedBudgetSpec;
   try {
     s = resolveBudgetSpec(spec);
   } catch (err) {
-    if (err instanceof BudgetSpecError) throw invalid(`budget.spec.${err.field}`, err.message);
+    if (err instanceof BudgetSpecError) throw invalid(`${prefix}.${err.field}`, err.message);
     throw err;
   }
   // Fields the footprint does not need but the engine checks at admission: checked here so they fail at once.
   if (!Number.isSafeInteger(s.pool_kernel) || s.pool_kernel < 1 || s.pool_kernel % 2 === 0) {
-    throw invalid('budget.spec.pool_kernel', `must be odd and >= 1, got ${s.pool_kernel}`);
+    throw invalid(`${prefix}.pool_kernel`, `must be odd and >= 1, got ${s.pool_kernel}`);
   }
-  if (!(s.floor_alpha >= 0 && s.floor_alpha <= 1)) throw invalid('budget.spec.floor_alpha', `must be in [0, 1], got ${s.floor_alpha}`);
+  if (!(s.floor_alpha >= 0 && s.floor_alpha <= 1)) throw invalid(`${prefix}.floor_alpha`, `must be in [0, 1], got ${s.floor_alpha}`);
   if (!(Number.isFinite(s.pyramid_beta) && s.pyramid_beta > 1)) {
-    throw invalid('budget.spec.pyramid_beta', `must be a finite number > 1, got ${s.pyramid_beta}`);
+    throw invalid(`${prefix}.pyramid_beta`, `must be a finite number > 1, got ${s.pyramid_beta}`);
   }
   return s;
 }
@@ -153,7 +177,7 @@ export function parseGenerateRequest(req: GenerateRequest, ctx: RequestContext):
   const stop = [...(s.stop ?? [])];
   stop.forEach((x, i) => { if (x.length === 0) throw invalid(`sampling.stop[${i}]`, 'a stop string must not be empty'); });
 
-  const spec = resolveSelector(req.budget);
+  const spec = resolveSelector(req.budget, ctx.budgets);
   const resume = [...(req.resume_token_ids ?? [])];
   checkIds('resume_token_ids', resume, V);
   if (resume.length > maxNewTokens) {

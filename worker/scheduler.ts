@@ -63,12 +63,26 @@ export interface SchedulerOptions {
   /** Prefill work per step, in prompt tokens through all L layers (a prompt of n tokens for k layers costs n·k/L). */
   maxPrefillTokens: number;
   logger: Logger;
+  /** Observers (ledger reporting, metrics); called from the loop between steps, must not throw. */
+  hooks?: SchedulerHooks;
+}
+
+export interface SchedulerHooks {
+  /** A request got its pages committed (first admission, or re-admission after a preemption). */
+  admitted?(requestId: string): void;
+  /** A running request was preempted by recompute (optimistic admission). */
+  preempted?(requestId: string): void;
+  /** One engine step ended: the engine's own duration and the sequences in it. */
+  step?(ms: number, sequences: number): void;
 }
 
 export interface StepStats {
   steps: number;
   /** Most sequences (decodes + prefills) in one engine step. */
   maxSequencesInStep: number;
+  /** Most sequences holding pages in the pool during one step (those in the step, and running ones whose prefill
+   *  has started but that the step's prefill budget left out). */
+  maxResidentInStep: number;
   maxDecodeRowsInStep: number;
   /** Steps in which a prefill ran only some of its layers. */
   splitPrefillSteps: number;
@@ -88,6 +102,8 @@ export interface CapacitySnapshot {
   freePages: number;
   /** Pages of requests accepted but not yet admitted (their footprints). */
   reservedPages: number;
+  /** Pages the pool's sequences hold right now (total − the pool's free pages). */
+  heldPages: number;
   pageSize: number; numLayers: number; numKvHeads: number;
   running: number; waiting: number;
 }
@@ -131,7 +147,7 @@ export class Scheduler {
   private idleWaiters: Array<() => void> = [];
   private snap: CapacitySnapshot;
   private readonly st: StepStats = {
-    steps: 0, maxSequencesInStep: 0, maxDecodeRowsInStep: 0, splitPrefillSteps: 0, decodesDuringSplitPrefill: 0,
+    steps: 0, maxSequencesInStep: 0, maxResidentInStep: 0, maxDecodeRowsInStep: 0, splitPrefillSteps: 0, decodesDuringSplitPrefill: 0,
     preemptions: 0, admitted: 0, finished: 0, cancelled: 0, maxRunning: 0, maxWaiting: 0,
   };
 
@@ -142,7 +158,8 @@ export class Scheduler {
     const p = engine.poolStats();
     this.L = p.numLayers; this.Hk = p.numKvHeads; this.P = p.pageSize; this.total = p.totalPages;
     this.snap = {
-      totalPages: p.totalPages, freePages: p.freePages, reservedPages: 0, pageSize: p.pageSize,
+      totalPages: p.totalPages, freePages: p.freePages, reservedPages: 0, heldPages: p.totalPages - p.freePages,
+      pageSize: p.pageSize,
       numLayers: p.numLayers, numKvHeads: p.numKvHeads, running: 0, waiting: 0,
     };
     this.loopDone = this.loop();
@@ -188,6 +205,9 @@ export class Scheduler {
     this.wake();
     return { cancel: () => this.cancel(e) };
   }
+
+  /** Request ids waiting in the queue, in order (the ledger keeps their reservations alive). */
+  waitingIds(): string[] { return this.waiting.map((e) => e.req.requestId); }
 
   /** Stops admitting new requests (Drain); queued and running ones still finish. */
   stopAdmitting(): void { this.admitting = false; }
@@ -290,6 +310,7 @@ export class Scheduler {
       this.bySeq.set(seq, e);
       this.running.push(e);
       this.st.admitted++;
+      this.opts.hooks?.admitted?.(e.req.requestId);
       this.st.maxRunning = Math.max(this.st.maxRunning, this.running.length);
     }
   }
@@ -332,6 +353,11 @@ export class Scheduler {
   private apply(batch: Array<{ id: number; maxLayers?: number }>, res: StepResult): void {
     this.st.steps++;
     this.st.maxSequencesInStep = Math.max(this.st.maxSequencesInStep, res.sequences);
+    const inStep = new Set(batch.map((b) => b.id));
+    let resident = 0;
+    for (const e of this.running) if (inStep.has(e.seq) || !e.prefilling || e.layersDone > 0) resident++;
+    this.st.maxResidentInStep = Math.max(this.st.maxResidentInStep, resident);
+    this.opts.hooks?.step?.(res.ms, res.sequences);
     this.st.maxDecodeRowsInStep = Math.max(this.st.maxDecodeRowsInStep, res.decodeRows);
     if (batch.some((b) => b.maxLayers !== undefined)) {
       this.st.splitPrefillSteps++;
@@ -390,6 +416,7 @@ export class Scheduler {
     this.engine.release(e.seq);
     this.removeRunning(e);
     this.st.preemptions++;
+    this.opts.hooks?.preempted?.(e.req.requestId);
     if (e.cancelled) { e.state = 'done'; return; }
     e.state = 'waiting';
     e.seq = -1;
@@ -427,7 +454,8 @@ export class Scheduler {
     if (this.opts.admission === 'reserve') {
       for (const r of this.running) committed += Math.max(0, r.footprint - this.heldPages(r));
     }
-    this.snap = { ...this.snap, totalPages: p.totalPages, freePages: Math.max(0, p.freePages - committed) };
+    this.snap = { ...this.snap, totalPages: p.totalPages, freePages: Math.max(0, p.freePages - committed),
+      heldPages: p.totalPages - p.freePages };
   }
 
   private checkIdle(): void {

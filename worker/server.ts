@@ -1,6 +1,15 @@
 // The worker process: loads the model and tokenizer, owns one Scheduler (which owns the Engine), and serves
 // kvfleet.v1.Generation, kvfleet.v1.Worker, grpc.health.v1.Health and reflection. Errors become gRPC statuses
 // here and nowhere else (STYLE.md 10); every error answer is followed by a return.
+//
+// In a fleet (--redis/--fleet) it also heartbeats into the ledger and takes its budgets and drain orders from it
+// (worker/fleet.ts); it serves Prometheus metrics (worker/metrics.ts), and optionally TLS and bearer-token auth
+// (worker/security.ts).
+//
+// Reservation ids: a request's GenerateRequest.request_id IS its ledger reservation id (the router picks with it).
+// The worker reports it `admitted` once its pages are committed, `rejected` when it is refused or leaves the queue
+// (cancel, deadline), and `queued` while it waits; an id the worker assigned itself has no reservation and is
+// reported anyway (a no-op in the ledger).
 import { randomUUID } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
 import os from 'node:os';
@@ -13,28 +22,42 @@ import {
 } from '../proto/index.ts';
 import { BadArgumentError, BadModelError, deviceInfo, Engine, OutOfPagesError, type EngineOptions,
   type SeqStats } from './engine.ts';
-import { WorkerConfigError, type WorkerConfig } from './config.ts';
+import { fleetName, WorkerConfigError, type Identity, type WorkerConfig } from './config.ts';
 import { TextStream } from './detok.ts';
 import { parseGenerateRequest, RequestError } from './request.ts';
-import { DrainingError, QueueFullError, Scheduler, type FinishReason } from './scheduler.ts';
+import { DrainingError, QueueFullError, Scheduler, type CapacitySnapshot, type FinishReason } from './scheduler.ts';
 import { Tokenizer } from './tokenizer.ts';
+import { BudgetsUnavailableError } from './budgets.ts';
+import { FleetMember } from './fleet.ts';
+import { WorkerMetrics } from './metrics.ts';
+import { bearerAuthInterceptor, readSecretFile, serverCredentials } from './security.ts';
 
 /** grpc.max_receive_message_length: larger requests are refused by grpc-js with RESOURCE_EXHAUSTED. */
 export const MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 export interface RunningWorker {
   readonly port: number;
+  /** host:port the server is bound to */
   readonly address: string;
+  /** the address published in the ledger: POD_IP:port, else 127.0.0.1:port for a wildcard host, else host:port */
+  readonly advertisedAddress: string;
   readonly workerId: string;
+  /** the fleet membership (ledger heartbeat, budgets), when --redis/--fleet are set */
+  readonly fleet: FleetMember | undefined;
+  readonly metrics: WorkerMetrics;
+  /** the bound Prometheus port, undefined when --metrics-port is 0 */
+  readonly metricsPort: number | undefined;
   readonly scheduler: Scheduler;
   readonly engine: Engine;
   readonly tokenizer: Tokenizer;
   readonly maxModelLen: number;
-  /** Worker.Drain: stop admitting (new requests UNAVAILABLE), health NOT_SERVING; returns the running count. */
-  drain(): number;
+  /** Worker.Drain: stop admitting (new requests UNAVAILABLE), health NOT_SERVING, an immediate heartbeat with
+   *  draining=1 (whose delivery the returned promise awaits); resolves with the running count. */
+  drain(): Promise<number>;
+  readonly draining: boolean;
   /**
-   * Graceful stop (SIGTERM): drain, let running work finish for up to graceMs, cancel the rest, stop the server,
-   * close the engine. Worker II hooks its drain timeout and ledger deregistration here.
+   * Graceful stop (SIGTERM): drain, let running and queued work finish for up to graceMs (default
+   * --drain-timeout-ms), cancel the rest, stop the server, leave the ledger (removeWorker), close the engine.
    */
   shutdown(opts?: { graceMs?: number }): Promise<void>;
 }
@@ -75,12 +98,23 @@ function toStatus(err: unknown): { code: grpc.status; details: string } {
   }
   if (err instanceof BadArgumentError) return { code: grpc.status.INVALID_ARGUMENT, details };
   if (err instanceof QueueFullError || err instanceof OutOfPagesError) return { code: grpc.status.RESOURCE_EXHAUSTED, details };
-  if (err instanceof DrainingError) return { code: grpc.status.UNAVAILABLE, details };
+  if (err instanceof DrainingError || err instanceof BudgetsUnavailableError) return { code: grpc.status.UNAVAILABLE, details };
   return { code: grpc.status.INTERNAL, details };
 }
 
-export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts: StartOptions = {}): Promise<RunningWorker> {
+/** The ledger address: POD_IP:port in a pod; locally 127.0.0.1:port for a wildcard bind, else host:port. */
+export function advertisedAddress(cfg: WorkerConfig & Identity, port: number): string {
+  const host = cfg.podIp ?? (['0.0.0.0', '::', '[::]', ''].includes(cfg.host) ? '127.0.0.1' : cfg.host);
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptions = {}): Promise<RunningWorker> {
   const log = opts.logger ?? pino({ level: cfg.logLevel, base: { component: 'worker' } }, pino.destination(2));
+  // Files named by options are read first, so a bad path fails before the model loads. Their contents are secrets:
+  // they are passed on, never logged.
+  const authToken = cfg.authTokenFile !== undefined ? readSecretFile('authTokenFile', cfg.authTokenFile) : undefined;
+  const redisPassword = cfg.redisPasswordFile !== undefined ? readSecretFile('redisPasswordFile', cfg.redisPasswordFile) : undefined;
+  const credentials = serverCredentials(cfg);
   const modelDir = path.resolve(cfg.model);
   const tokenizer = Tokenizer.load(modelDir);
   let engine: Engine;
@@ -97,14 +131,36 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
       + `max_position_embeddings ${info.maxPositionEmbeddings}`);
   }
   const maxModelLen = cfg.maxModelLen ?? info.maxPositionEmbeddings;
+  let fleet: FleetMember | undefined;
+  let draining = false;
+  // the capacity every reader shares (GetCapacity, metrics, heartbeats): reserved pages are the ledger's Σ
+  // reservations on this worker once a heartbeat has reported them, else the footprints queued here
+  const snapshot = (): CapacitySnapshot => {
+    const c = scheduler.capacity();
+    const ledgerReserved = fleet?.reservedPages;
+    return ledgerReserved !== undefined ? { ...c, reservedPages: ledgerReserved } : c;
+  };
+  const metrics = new WorkerMetrics({ capacity: snapshot, draining: () => draining || scheduler.draining });
   const scheduler = new Scheduler(engine, {
     admission: cfg.admission, maxRunning: cfg.maxRunning, maxQueue: cfg.maxQueue,
     maxPrefillTokens: cfg.maxPrefillTokens, logger: log,
+    hooks: {
+      admitted: (id) => fleet?.admitted(id),
+      preempted: () => metrics.preempted(),
+      step: (ms, sequences) => metrics.step(ms, sequences),
+    },
   });
 
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES });
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES,
+    ...(authToken !== undefined ? {
+      interceptors: [bearerAuthInterceptor(authToken, (method, why) => {
+        metrics.request('UNAUTHENTICATED');
+        log.warn({ method, why }, 'call refused: UNAUTHENTICATED');
+      })],
+    } : {}),
+  });
   let workerId = '';
-  let draining = false;
 
   const generation: GenerationHandlers = {
     Generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) {
@@ -120,13 +176,15 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
         if (ended) return;
         ended = true;
         const st = toStatus(err);
+        fleet?.rejected(requestId);
+        metrics.request(grpc.status[st.code]);
         rlog.info({ code: grpc.status[st.code], details: st.details }, 'request refused');
         call.emit('error', st);
       };
       if (draining || scheduler.draining) { fail(new DrainingError('the worker is draining and admits no new requests')); return; }
       let parsed;
       try {
-        parsed = parseGenerateRequest(req, { tokenizer, vocabSize: info.vocabSize, maxModelLen });
+        parsed = parseGenerateRequest(req, { tokenizer, vocabSize: info.vocabSize, maxModelLen, budgets: fleet?.budgets });
       } catch (err) { fail(err); return; }
       const fp = scheduler.footprint(parsed.spec, parsed.prompt.length, parsed.maxNewTokens);
       if (fp > scheduler.totalPages) {
@@ -137,6 +195,7 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
       }
       const text = new TextStream(tokenizer, parsed.stop, parsed.resume);
       const t0 = Date.now();
+      let lastToken = 0;
       let deadlineTimer: NodeJS.Timeout | undefined;
       let handle;
       try {
@@ -150,6 +209,10 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
           },
         }, {
           token(id) {
+            const now = performance.now();
+            if (lastToken === 0) metrics.firstToken((Date.now() - t0) / 1000); else metrics.interToken((now - lastToken) / 1000);
+            lastToken = now;
+            metrics.token();
             const r = text.push(id);
             if (!ended && !call.cancelled) call.write({ token_ids: [id], text: r.text, worker_id: workerId });
             return r.stopped;
@@ -158,7 +221,9 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
             if (ended) return;
             ended = true;
             clearTimeout(deadlineTimer);
+            metrics.finished(stats.keptTokens, stats.fullTokens, parsed.prompt.length);
             if (call.cancelled) return;
+            metrics.request('OK');
             call.write({
               token_ids: [], text: text.flush(), finish_reason: finishName(reason), worker_id: workerId, seed: parsed.seed,
               usage: { prompt_tokens: parsed.prompt.length, completion_tokens: generated.length },
@@ -176,7 +241,9 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
         if (ended) return;
         ended = true;
         rlog.info({ why }, 'request cancelled');
+        metrics.request('CANCELLED');
         handle.cancel();
+        fleet?.rejected(requestId);  // a queued request's reservation goes now; a running one's is already gone
       };
       call.on('cancelled', () => cancel('client cancelled'));
       // grpc-js answers DEADLINE_EXCEEDED itself; this timer frees the request's pages at the same moment.
@@ -187,7 +254,7 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
   };
 
   const capacity = (): Capacity => {
-    const c = scheduler.capacity();
+    const c = snapshot();
     return {
       worker_id: workerId, total_pages: String(c.totalPages), free_pages: String(c.freePages),
       reserved_pages: String(c.reservedPages), page_size: c.pageSize, num_layers: c.numLayers,
@@ -195,16 +262,17 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
     };
   };
   const health = { set: (_s: 'SERVING' | 'NOT_SERVING') => { /* replaced once the server exists */ } };
-  const drain = (): number => {
-    if (!draining) log.info('draining: no new requests are admitted');
+  const drain = async (): Promise<number> => {
+    if (!draining) log.info({ running: scheduler.capacity().running }, 'draining: no new requests are admitted');
     draining = true;
     scheduler.stopAdmitting();
     health.set('NOT_SERVING');
+    await fleet?.heartbeatNow();  // draining=1 in the ledger now, not at the next period
     return scheduler.capacity().running;
   };
   const workerHandlers: WorkerHandlers = {
     GetCapacity(_call, cb) { cb(null, capacity()); },
-    Drain(_call, cb) { cb(null, { running: drain() }); },
+    Drain(_call, cb) { void drain().then((running) => cb(null, { running })); },
   };
 
   addGenerationService(server, generation);
@@ -214,18 +282,40 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
   addReflection(server);
   let port: number;
   try {
-    port = await bindInsecure(server, cfg.host, cfg.port);
+    port = await bindInsecure(server, cfg.host, cfg.port, credentials);
   } catch (err) {
     await scheduler.close();
     throw new WorkerConfigError(`--port (KVFLEET_PORT): cannot listen on ${cfg.host}:${cfg.port} (${(err as Error).message})`);
   }
   const address = `${cfg.host}:${port}`;
   workerId = cfg.workerId ?? cfg.podName ?? address;
+  const advertised = advertisedAddress(cfg, port);
+
+  let metricsServer: { port: number; close(): Promise<void> } | undefined;
+  if (cfg.metricsPort > 0) {
+    try {
+      metricsServer = await metrics.serve(cfg.host, cfg.metricsPort);
+    } catch (err) {
+      server.forceShutdown();
+      await scheduler.close();
+      throw new WorkerConfigError(`--metrics-port (KVFLEET_METRICS_PORT): cannot listen on ${cfg.host}:${cfg.metricsPort} `
+        + `(${(err as Error).message}); 0 turns metrics off`);
+    }
+  }
+  const fn = fleetName(cfg);
+  if (cfg.redis !== undefined && fn !== undefined) {
+    fleet = await FleetMember.start({
+      redisUrl: cfg.redis, redisPassword, namespace: fn.namespace, fleet: fn.fleet, workerId, addr: advertised,
+      heartbeatMs: cfg.heartbeatMs, budgetRefreshMs: cfg.budgetRefreshMs, log,
+      capacity: snapshot, draining: () => draining || scheduler.draining, queued: () => scheduler.waitingIds(),
+      onDrainOrder: () => { void drain(); },
+    });
+  }
 
   let stopping: Promise<void> | undefined;
-  const shutdown = ({ graceMs = 30_000 }: { graceMs?: number } = {}): Promise<void> => {
+  const shutdown = ({ graceMs = cfg.drainTimeoutMs }: { graceMs?: number } = {}): Promise<void> => {
     stopping ??= (async () => {
-      drain();
+      await drain();
       let timer: NodeJS.Timeout | undefined;
       const timedOut = await Promise.race([
         scheduler.idle().then(() => false),
@@ -238,12 +328,19 @@ export async function startWorker(cfg: WorkerConfig & { podName?: string }, opts
         const force = setTimeout(() => { server.forceShutdown(); resolve(); }, 2000);
         server.tryShutdown(() => { clearTimeout(force); resolve(); });
       });
+      await fleet?.close();
+      await metricsServer?.close();
       log.info('worker stopped');
     })();
     return stopping;
   };
 
-  log.info({ worker_id: workerId, address, pages: scheduler.totalPages, page_size: cfg.pageSize,
-    admission: cfg.admission, max_model_len: maxModelLen }, 'worker ready');
-  return { port, address, workerId, scheduler, engine, tokenizer, maxModelLen, drain, shutdown };
+  log.info({ worker_id: workerId, address, advertised, pages: scheduler.totalPages, page_size: cfg.pageSize,
+    admission: cfg.admission, max_model_len: maxModelLen, fleet: cfg.fleet, metrics_port: metricsServer?.port,
+    tls: cfg.tlsCert !== undefined, mtls: cfg.tlsClientCa !== undefined, auth: authToken !== undefined }, 'worker ready');
+  return {
+    port, address, advertisedAddress: advertised, workerId, fleet, metrics, metricsPort: metricsServer?.port,
+    scheduler, engine, tokenizer, maxModelLen, drain, shutdown,
+    get draining() { return draining || scheduler.draining; },
+  };
 }

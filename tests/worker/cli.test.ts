@@ -50,7 +50,7 @@ async function listServices(addr: string): Promise<string[]> {
 describe('kvfleet worker (child process)', () => {
   it('serves, reports capacity, health and reflection, drains, and exits 0 on SIGTERM', async () => {
     const port = await freePort();
-    const p = spawnKvfleet(['worker', '--model', model.dir, '--port', String(port), '--log-level', 'warn'],
+    const p = spawnKvfleet(['worker', '--model', model.dir, '--port', String(port), '--log-level', 'warn', '--metrics-port', '0'],
       { env: { KVFLEET_NUM_PAGES: '512', KVFLEET_ADMISSION: 'optimistic', POD_NAME: 'pod-7' } });
     try {
       await p.waitFor(new RegExp(`worker pod-7 listening on 127\\.0\\.0\\.1:${port}`), 30_000);

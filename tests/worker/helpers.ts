@@ -25,12 +25,17 @@ export interface TestWorker {
   stop(): Promise<void>;
 }
 
-/** A worker in this process (the same code `kvfleet worker` runs), through the same option parser. */
-export async function inProcessWorker(model: string, opts: WorkerConfigInput = {}): Promise<TestWorker> {
-  const cfg = parseWorkerConfig({ model, port: 0, numPages: 4096, logLevel: 'silent', ...opts });
+/**
+ * A worker in this process (the same code `kvfleet worker` runs), through the same option parser. Metrics are off
+ * unless opts.metricsPort is given (no fixed ports in tests); env supplies POD_NAME/POD_IP-style identity.
+ */
+export async function inProcessWorker(model: string, opts: WorkerConfigInput = {},
+  more: { env?: NodeJS.ProcessEnv; creds?: grpc.ChannelCredentials; clientOptions?: grpc.ClientOptions } = {}): Promise<TestWorker> {
+  const cfg = parseWorkerConfig({ model, port: 0, numPages: 4096, logLevel: 'silent', metricsPort: 0, ...opts }, more.env ?? {});
   const w = await startWorker(cfg, { logger: pino({ level: 'silent' }) });
-  const gen = generationClient(w.address, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
-  const wc = workerClient(w.address);
+  const creds = more.creds ?? grpc.credentials.createInsecure();
+  const gen = generationClient(w.address, creds, { 'grpc.max_send_message_length': 64 << 20, ...more.clientOptions });
+  const wc = workerClient(w.address, creds, more.clientOptions);
   return {
     w, gen, wc, addr: w.address,
     async stop() { gen.close(); wc.close(); await w.shutdown({ graceMs: 0 }); },
