@@ -161,6 +161,8 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
     } : {}),
   });
   let workerId = '';
+  // requests accepted by the scheduler and not ended: a drain timeout answers each of them UNAVAILABLE
+  const live = new Set<(err: Error) => void>();
 
   const generation: GenerationHandlers = {
     Generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) {
@@ -172,9 +174,11 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       md.set('x-kvfleet-request-id', requestId);
       call.sendMetadata(md);
       let ended = false;
+      let abort: ((err: Error) => void) | undefined;
       const fail = (err: unknown) => {
         if (ended) return;
         ended = true;
+        if (abort) live.delete(abort);
         const st = toStatus(err);
         fleet?.rejected(requestId);
         metrics.request(grpc.status[st.code]);
@@ -220,6 +224,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
           finish(reason, stats, generated) {
             if (ended) return;
             ended = true;
+            if (abort) live.delete(abort);
             clearTimeout(deadlineTimer);
             metrics.finished(stats.keptTokens, stats.fullTokens, parsed.prompt.length);
             if (call.cancelled) return;
@@ -237,9 +242,12 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
         });
       } catch (err) { fail(err); return; }
       rlog.debug({ prompt_tokens: parsed.prompt.length, max_new_tokens: parsed.maxNewTokens, footprint: fp }, 'queued');
+      abort = (err: Error) => { if (ended) return; clearTimeout(deadlineTimer); handle.cancel(); fail(err); };
+      live.add(abort);
       const cancel = (why: string) => {
         if (ended) return;
         ended = true;
+        if (abort) live.delete(abort);
         rlog.info({ why }, 'request cancelled');
         metrics.request('CANCELLED');
         handle.cancel();
@@ -322,7 +330,11 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
         new Promise<boolean>((r) => { timer = setTimeout(() => r(true), graceMs); }),
       ]);
       clearTimeout(timer);
-      if (timedOut) log.warn({ grace_ms: graceMs }, 'shutdown: cancelling requests still running');
+      if (timedOut) {
+        log.warn({ grace_ms: graceMs, requests: live.size }, 'shutdown: drain timeout passed; ending the requests still running');
+        // UNAVAILABLE: retryable; a router moves the stream to another worker with its resume tokens
+        for (const a of [...live]) a(new DrainingError(`the worker shut down: the drain timeout (${graceMs} ms) passed before this request finished`));
+      }
       await scheduler.close();
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => { server.forceShutdown(); resolve(); }, 2000);

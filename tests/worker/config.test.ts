@@ -1,6 +1,7 @@
 // Worker options: one parse, flags over KVFLEET_* env, defaults, and messages that name flag and env variable.
 import { describe, expect, it } from 'vitest';
-import { parseWorkerConfig, WorkerConfigError } from '../../worker/config.ts';
+import { fleetName, parseWorkerConfig, WorkerConfigError } from '../../worker/config.ts';
+import { advertisedAddress } from '../../worker/server.ts';
 
 describe('worker options', () => {
   it('fills defaults, reads env, and lets flags win', () => {
@@ -26,5 +27,35 @@ describe('worker options', () => {
     expect(msg).toMatch(/--kv-memory-fraction \(KVFLEET_KV_MEMORY_FRACTION\)/);
     expect(msg).toMatch(/--admission \(KVFLEET_ADMISSION\)/);
     expect(msg).toMatch(/at most one of/);
+  });
+
+  it('fleet, security and drain options: env names, defaults, POD_IP, and pairs that must come together', () => {
+    const c = parseWorkerConfig({ model: '/m', port: 1 }, {
+      KVFLEET_REDIS_URL: 'redis://r:6379', KVFLEET_FLEET: 'llm/chat', KVFLEET_REDIS_PASSWORD_FILE: '/s/pw',
+      KVFLEET_AUTH_TOKEN_FILE: '/s/token', KVFLEET_TLS_CERT: '/s/crt', KVFLEET_TLS_KEY: '/s/key', POD_IP: '10.0.0.7',
+    });
+    expect(c).toMatchObject({ redis: 'redis://r:6379', fleet: 'llm/chat', redisPasswordFile: '/s/pw', authTokenFile: '/s/token',
+      tlsCert: '/s/crt', tlsKey: '/s/key', heartbeatMs: 500, budgetRefreshMs: 5000, drainTimeoutMs: 600_000, podIp: '10.0.0.7' });
+    expect(fleetName(c)).toEqual({ namespace: 'llm', fleet: 'chat' });
+    expect(parseWorkerConfig({ model: '/m', port: 1, drainTimeoutMs: '250' }).drainTimeoutMs).toBe(250);
+    const problems = (cli: Record<string, string>) => {
+      try { parseWorkerConfig({ model: '/m', port: 1, ...cli }); } catch (err) { return (err as Error).message; }
+      return '';
+    };
+    expect(problems({ redis: 'redis://r' })).toMatch(/--fleet \(KVFLEET_FLEET\): is required with --redis/);
+    expect(problems({ fleet: 'a/b' })).toMatch(/--redis \(KVFLEET_REDIS_URL\): is required with --fleet/);
+    expect(problems({ redis: 'http://r', fleet: 'a/b/c' })).toMatch(/--redis \(KVFLEET_REDIS_URL\): must be a redis:\/\/ or rediss:\/\/ URL[\s\S]*--fleet \(KVFLEET_FLEET\): must be NAMESPACE\/NAME/);
+    expect(problems({ redisPasswordFile: '/pw' })).toMatch(/--redis-password-file \(KVFLEET_REDIS_PASSWORD_FILE\): needs --redis/);
+    expect(problems({ tlsCert: '/c' })).toMatch(/--tls-key \(KVFLEET_TLS_KEY\): is required with --tls-cert/);
+    expect(problems({ tlsClientCa: '/ca' })).toMatch(/--tls-client-ca \(KVFLEET_TLS_CLIENT_CA\): needs --tls-cert and --tls-key/);
+    expect(problems({ heartbeatMs: '0' })).toMatch(/--heartbeat-ms \(KVFLEET_HEARTBEAT_MS\)/);
+  });
+
+  it('the ledger address is POD_IP:port in a pod, else 127.0.0.1:port for a wildcard bind, else host:port', () => {
+    const base = parseWorkerConfig({ model: '/m', port: 1 });
+    expect(advertisedAddress({ ...base, podIp: '10.1.2.3' }, 50051)).toBe('10.1.2.3:50051');
+    expect(advertisedAddress({ ...base, podIp: 'fd00::5' }, 50051)).toBe('[fd00::5]:50051');
+    expect(advertisedAddress({ ...base, host: '0.0.0.0' }, 7)).toBe('127.0.0.1:7');
+    expect(advertisedAddress({ ...base, host: '127.0.0.1' }, 7)).toBe('127.0.0.1:7');
   });
 });
