@@ -162,7 +162,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
   });
   let workerId = '';
   // requests accepted by the scheduler and not ended: a drain timeout answers each of them UNAVAILABLE
-  const live = new Set<(err: Error) => void>();
+  const live = new Map<object, (err: Error) => void>();
 
   const generation: GenerationHandlers = {
     Generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) {
@@ -174,11 +174,11 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       md.set('x-kvfleet-request-id', requestId);
       call.sendMetadata(md);
       let ended = false;
-      let abort: ((err: Error) => void) | undefined;
+      const liveKey = {};  // this request's entry in `live`
       const fail = (err: unknown) => {
         if (ended) return;
         ended = true;
-        if (abort) live.delete(abort);
+        live.delete(liveKey);
         const st = toStatus(err);
         fleet?.rejected(requestId);
         metrics.request(grpc.status[st.code]);
@@ -224,7 +224,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
           finish(reason, stats, generated) {
             if (ended) return;
             ended = true;
-            if (abort) live.delete(abort);
+            live.delete(liveKey);
             clearTimeout(deadlineTimer);
             metrics.finished(stats.keptTokens, stats.fullTokens, parsed.prompt.length);
             if (call.cancelled) return;
@@ -242,12 +242,11 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
         });
       } catch (err) { fail(err); return; }
       rlog.debug({ prompt_tokens: parsed.prompt.length, max_new_tokens: parsed.maxNewTokens, footprint: fp }, 'queued');
-      abort = (err: Error) => { if (ended) return; clearTimeout(deadlineTimer); handle.cancel(); fail(err); };
-      live.add(abort);
+      live.set(liveKey, (err: Error) => { if (ended) return; clearTimeout(deadlineTimer); handle.cancel(); fail(err); });
       const cancel = (why: string) => {
         if (ended) return;
         ended = true;
-        if (abort) live.delete(abort);
+        live.delete(liveKey);
         rlog.info({ why }, 'request cancelled');
         metrics.request('CANCELLED');
         handle.cancel();
@@ -333,7 +332,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       if (timedOut) {
         log.warn({ grace_ms: graceMs, requests: live.size }, 'shutdown: drain timeout passed; ending the requests still running');
         // UNAVAILABLE: retryable; a router moves the stream to another worker with its resume tokens
-        for (const a of [...live]) a(new DrainingError(`the worker shut down: the drain timeout (${graceMs} ms) passed before this request finished`));
+        for (const a of [...live.values()]) a(new DrainingError(`the worker shut down: the drain timeout (${graceMs} ms) passed before this request finished`));
       }
       await scheduler.close();
       await new Promise<void>((resolve) => {
