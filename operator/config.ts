@@ -1,5 +1,7 @@
 // Operator options in stages (STYLE.md 9): raw values from the command line → one zod parse at start → a typed,
 // defaulted OperatorConfig. Nothing below this file reads argv.
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { z } from 'zod';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -23,13 +25,31 @@ const Schema = z.object({
   resyncSeconds: z.coerce.number().int().min(0, '--resync-seconds must be >= 0').default(300),
 });
 
+/** Where the client configuration comes from (client-node's order, minus its silent http://localhost:8080 fallback):
+ *  --kubeconfig, else $KUBECONFIG (one file or a merged list), else ~/.kube/config, else the pod's service account. */
+export type KubeSource = { kind: 'file'; path: string } | { kind: 'env' } | { kind: 'in-cluster' };
+
 /** The options after parsing: every default filled. metricsPort 0 turns /metrics off; health (/healthz,
  *  /readyz) is served on healthPort when given, else beside /metrics. */
-export type OperatorConfig = z.output<typeof Schema>;
+export type OperatorConfig = z.output<typeof Schema> & { kube: KubeSource };
 export type OperatorConfigInput = z.input<typeof Schema>;
 
-export function parseOperatorConfig(raw: OperatorConfigInput): OperatorConfig {
+export function parseOperatorConfig(raw: OperatorConfigInput, env: NodeJS.ProcessEnv = process.env): OperatorConfig {
   const r = Schema.safeParse(raw);
   if (!r.success) throw new OperatorConfigError(r.error.issues.map((i) => i.message).join('; '));
-  return r.data;
+  return { ...r.data, kube: kubeSource(r.data.kubeconfig, env) };
+}
+
+function kubeSource(flag: string | undefined, env: NodeJS.ProcessEnv): KubeSource {
+  if (flag !== undefined) {
+    if (!existsSync(flag)) throw new OperatorConfigError(`--kubeconfig ${flag}: no such file`);
+    return { kind: 'file', path: flag };
+  }
+  if (env.KUBECONFIG) return { kind: 'env' };
+  const home = env.HOME ?? env.USERPROFILE;
+  const file = home ? path.join(home, '.kube', 'config') : undefined;
+  if (file !== undefined && existsSync(file)) return { kind: 'file', path: file };
+  if (env.KUBERNETES_SERVICE_HOST) return { kind: 'in-cluster' };
+  throw new OperatorConfigError('no Kubernetes cluster configured: pass --kubeconfig PATH, set KUBECONFIG, '
+    + 'create ~/.kube/config, or run in a pod with a service account');
 }

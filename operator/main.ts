@@ -17,7 +17,7 @@ export interface RunningOperator {
 
 export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ level: cfg.logLevel, base: { component: 'operator' } },
   pino.destination(2))): Promise<RunningOperator> {
-  const kc = loadKubeConfig({ kubeconfig: cfg.kubeconfig });
+  const kc = loadKubeConfig(cfg.kube);
   const cluster = kc.getCurrentCluster();
   log.info({ server: cluster?.server, namespace: cfg.namespace ?? '(all)' }, 'operator starting');
   if (cfg.leaderElect) {
@@ -39,13 +39,11 @@ export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ le
   let metricsPort = 0;
   let healthPort = 0;
   try {
-    if (cfg.metricsPort !== 0 || cfg.healthPort === undefined) {
-      if (cfg.metricsPort !== 0) {
-        const e = await serveHttp(cfg.metricsPort, cfg.bindAddress, cfg.healthPort === undefined ? { ...metrics, ...health } : metrics);
-        endpoints.push(e);
-        metricsPort = e.port;
-        if (cfg.healthPort === undefined) healthPort = e.port;
-      }
+    if (cfg.metricsPort !== 0) {
+      const e = await serveHttp(cfg.metricsPort, cfg.bindAddress, cfg.healthPort === undefined ? { ...metrics, ...health } : metrics);
+      endpoints.push(e);
+      metricsPort = e.port;
+      if (cfg.healthPort === undefined) healthPort = e.port;
     }
     if (cfg.healthPort !== undefined) {
       const e = await serveHttp(cfg.healthPort, cfg.bindAddress, health);

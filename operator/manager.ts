@@ -71,6 +71,8 @@ export class Operator {
     this.budgets = this.informer<KVBudget>(KVBUDGET_RESOURCE);
     this.fleets = this.informer<Fleet>(FLEET_RESOURCE);
     this.metrics.queueDepths = () => [...this.controllers].map(([name, c]) => [name, c.queue?.length ?? 0]);
+    // a deleted fleet's ledger connection is closed (a recreated fleet connects again on its first reconcile)
+    this.fleets.on('delete', (f) => { void this.ledgers.drop(f.metadata.namespace, f.metadata.name); });
     this.setupKVBudgetController();
   }
 

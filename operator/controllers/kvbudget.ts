@@ -89,15 +89,10 @@ export class KVBudgetReconciler {
 
     const users = this.d.fleets.list(namespace).filter((f) => usesBudget(f, name));
     const failures: string[] = [];
-    const listed = new Set<string>();
-    for (const fleet of users) {
-      listed.add(fleet.metadata.name);
-      try {
-        await this.syncFleet(fleet, name, resolved, log);
-      } catch (err) {
-        failures.push(`fleet ${fleet.metadata.name}: ${errorText(err)}`);
-      }
-    }
+    const listed = new Set(users.map((f) => f.metadata.name));
+    // fleets in parallel: one fleet's unreachable Redis must not hold up the others
+    const synced = await Promise.allSettled(users.map((f) => this.syncFleet(f, name, resolved, log)));
+    synced.forEach((r, i) => { if (r.status === 'rejected') failures.push(`fleet ${users[i].metadata.name}: ${errorText(r.reason)}`); });
     for (const former of budget.status?.fleets ?? []) {
       if (listed.has(former)) continue;
       const fleet = this.d.fleets.get(former, namespace);

@@ -29,16 +29,14 @@ export function splitKey(key: string): { namespace: string; name: string } {
   return { namespace: key.slice(0, i), name: key.slice(i + 1) };
 }
 
-/**
- * Loads the client configuration: an explicit kubeconfig file, else $KUBECONFIG / ~/.kube/config, else the
- * in-cluster service account (client-node's loadFromDefault order).
- */
-export function loadKubeConfig(opts: { kubeconfig?: string }): KubeConfig {
+/** Loads the client configuration from the source the config stage chose (operator/config.ts). */
+export function loadKubeConfig(source: { kind: 'file'; path: string } | { kind: 'env' } | { kind: 'in-cluster' }): KubeConfig {
   const kc = new KubeConfig();
-  if (opts.kubeconfig !== undefined) kc.loadFromFile(opts.kubeconfig);
-  else kc.loadFromDefault();
+  if (source.kind === 'file') kc.loadFromFile(source.path);
+  else if (source.kind === 'in-cluster') kc.loadFromCluster();
+  else kc.loadFromDefault(); // $KUBECONFIG, possibly a list of files that client-node merges
   if (kc.getCurrentCluster() === null) {
-    throw new Error('no Kubernetes cluster configured: pass --kubeconfig PATH, set KUBECONFIG, or run in a pod with a service account');
+    throw new Error(`the kubeconfig (${source.kind === 'file' ? source.path : source.kind}) names no current cluster`);
   }
   return kc;
 }

@@ -1,7 +1,11 @@
 // The operator's pure parts: the KVBudget → ledger BudgetSpec mapping with the engine's re-validation, conditions,
 // and the work queue's de-duplication, per-key exclusion and backoff.
 import { describe, expect, it } from 'vitest';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { setCondition } from '../../operator/api/conditions.ts';
+import { OperatorConfigError, parseOperatorConfig } from '../../operator/config.ts';
 import type { KVBudgetSpec } from '../../operator/api/v1alpha1.ts';
 import { InvalidBudgetError, resolveKVBudget, toLedgerBudget } from '../../operator/budget.ts';
 import { WorkQueue } from '../../operator/runtime/queue.ts';
@@ -94,5 +98,32 @@ describe('WorkQueue', () => {
     expect(gaps[1]).toBeGreaterThanOrEqual(39);
     expect(gaps[2]).toBeGreaterThanOrEqual(79);
     expect(q.addRateLimited('ns/x')).toBe(20); // the success reset the key's failures
+  });
+});
+
+describe('operator options', () => {
+  it('fills defaults and picks the kubeconfig source: flag, $KUBECONFIG, ~/.kube/config, then in-cluster', () => {
+    const home = mkdtempSync(path.join(os.tmpdir(), 'kvfleet-home-'));
+    try {
+      expect(() => parseOperatorConfig({}, { HOME: home })).toThrow(/no Kubernetes cluster configured/);
+      expect(parseOperatorConfig({}, { HOME: home, KUBERNETES_SERVICE_HOST: '10.0.0.1' })).toMatchObject({
+        kube: { kind: 'in-cluster' }, metricsPort: 9402, leaderElect: false, logLevel: 'info', concurrency: 2, resyncSeconds: 300 });
+      mkdirSync(path.join(home, '.kube'));
+      writeFileSync(path.join(home, '.kube', 'config'), '{}');
+      expect(parseOperatorConfig({}, { HOME: home, KUBERNETES_SERVICE_HOST: '10.0.0.1' }).kube)
+        .toEqual({ kind: 'file', path: path.join(home, '.kube', 'config') });
+      expect(parseOperatorConfig({}, { HOME: home, KUBECONFIG: '/x/a:/x/b' }).kube).toEqual({ kind: 'env' });
+      expect(() => parseOperatorConfig({ kubeconfig: path.join(home, 'nope') }, {})).toThrow(/--kubeconfig .*nope: no such file/);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it('names the flag in errors', () => {
+    const env = { KUBERNETES_SERVICE_HOST: '10.0.0.1' };
+    expect(() => parseOperatorConfig({ metricsPort: 'abc' }, env)).toThrow(OperatorConfigError);
+    expect(() => parseOperatorConfig({ metricsPort: 70000 }, env)).toThrow('--metrics-port must be 0..65535');
+    expect(() => parseOperatorConfig({ namespace: 'Bad_NS' }, env)).toThrow('--namespace must be a Kubernetes namespace name');
+    expect(() => parseOperatorConfig({ concurrency: 0 }, env)).toThrow('--concurrency must be >= 1');
   });
 });
