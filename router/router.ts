@@ -42,6 +42,7 @@ export class Router {
   private readonly tokenizer: Tokenizer | undefined;
   private readonly clients = new Map<string, GenerationClient>();
   private snapshot: LedgerSnapshot | undefined;
+  private lastShape: ModelShape | undefined;
   private liveRouters = 1;
   private degraded = false;
   // degraded-mode reservations made by this router: worker id -> request id -> pages
@@ -132,10 +133,17 @@ export class Router {
 
   get isDegraded(): boolean { return this.degraded; }
 
-  private shape(): ModelShape {
-    const w = this.snapshot?.workers.find((x) => !x.draining) ?? this.snapshot?.workers[0];
-    if (!w) throw new RouterStatusError(grpc.status.RESOURCE_EXHAUSTED, 'no live worker in the fleet (retry later)');
-    return { L: w.num_layers, Hk: w.num_kv_heads, P: w.page_size };
+  /** The fleet's model shape (every worker of a fleet serves one model). It is remembered across snapshots, so a
+   *  moment with no live worker (a Redis restart, workers re-registering) waits for room instead of failing. */
+  private async shape(deadline: number): Promise<ModelShape> {
+    for (;;) {
+      const w = this.snapshot?.workers.find((x) => !x.draining) ?? this.snapshot?.workers[0];
+      if (w) this.lastShape = { L: w.num_layers, Hk: w.num_kv_heads, P: w.page_size };
+      if (this.lastShape) return this.lastShape;
+      if (Date.now() >= deadline) throw new RouterStatusError(grpc.status.RESOURCE_EXHAUSTED, 'no live worker in the fleet (retry later)');
+      await new Promise((r) => setTimeout(r, 50));
+      await this.refresh();
+    }
   }
 
   private clientFor(addr: string): GenerationClient {
@@ -282,7 +290,7 @@ export class Router {
     const exclude = new Set<string>();
     let firstToken = true;
     for (let attempt = 1; ; attempt++) {
-      const need = requestFootprintPages(this.shape(), spec, prompt.length, m);
+      const need = requestFootprintPages(await this.shape(Date.now() + this.config.maxQueueMs), spec, prompt.length, m);
       const picked = await this.place(need, requestId, exclude);
       const outcome = await this.forward(call, picked, {
         request_id: requestId, token_ids: { ids: prompt }, sampling, budget: { spec }, resume_token_ids: streamed,
