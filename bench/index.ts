@@ -7,5 +7,6 @@ export type BenchModule = { run(opts: BenchOptions): Promise<BenchReport> };
 export const benches: Record<string, () => Promise<BenchModule>> = {
   engine: () => import('./engine.ts'),
   ledger: () => import('./ledger.ts'),
+  worker: () => import('./worker.ts'),
   quality: () => import('./quality.ts'),
 };
