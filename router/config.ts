@@ -8,7 +8,8 @@ const FLEET = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
 export const RouterConfigSchema = z.object({
   host: z.string().min(1).default('127.0.0.1'),
   port: z.coerce.number().int().min(0).max(65535),
-  redis: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL'),
+  /** the ledger; absent only when the router is given an in-memory ledger in-process (kvfleet up without Redis) */
+  redis: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
   redisPasswordFile: z.string().min(1).optional(),
   fleet: z.string().regex(FLEET, 'must be NAMESPACE/NAME (lower-case DNS labels)'),
   policy: z.enum(PICK_POLICIES as unknown as [string, ...string[]]).default('most-free'),

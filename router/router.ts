@@ -53,19 +53,23 @@ export class Router {
   readonly registry = new client.Registry();
   private readonly m;
 
-  private constructor(cfg: RouterConfig, log: Logger) {
+  private constructor(cfg: RouterConfig, log: Logger, ledger?: Ledger) {
     this.config = cfg;
     this.id = cfg.routerId ?? `router-${randomUUID().slice(0, 8)}`;
     this.log = log;
     const [namespace, fleet] = cfg.fleet.split('/');
-    let url = cfg.redis;
-    if (cfg.redisPasswordFile) {
-      const pw = readFileSync(cfg.redisPasswordFile, 'utf8').trim();
-      const u = new URL(url);
-      u.password = pw;
-      url = u.toString();
+    if (ledger) {
+      this.ledger = ledger;
+    } else {
+      if (!cfg.redis) throw new Error('--redis: the router needs the fleet ledger (a redis:// URL)');
+      let url = cfg.redis;
+      if (cfg.redisPasswordFile) {
+        const u = new URL(url);
+        u.password = readFileSync(cfg.redisPasswordFile, 'utf8').trim();
+        url = u.toString();
+      }
+      this.ledger = new RedisLedger({ redis: url, namespace, fleet, onError: (e) => this.onLedgerError(e) });
     }
-    this.ledger = new RedisLedger({ redis: url, namespace, fleet, onError: (e) => this.onLedgerError(e) });
     this.tokenizer = cfg.tokenizer ? Tokenizer.load(cfg.tokenizer) : undefined;
     this.server = new grpc.Server({
       'grpc.max_receive_message_length': cfg.maxMessageBytes,
@@ -83,13 +87,15 @@ export class Router {
     };
   }
 
-  static async start(cfg: RouterConfig, log: Logger = pino({ name: 'kvfleet-router' })): Promise<Router> {
-    const router = new Router(cfg, log);
+  /** Starts a router over the Redis ledger of cfg.redis, or over `ledger` when given (the in-memory ledger of a
+   *  one-process local stack). */
+  static async start(cfg: RouterConfig, log: Logger = pino({ name: 'kvfleet-router' }), ledger?: Ledger): Promise<Router> {
+    const router = new Router(cfg, log, ledger);
     try {
-      await (router.ledger as RedisLedger).ready(10_000);
+      if (router.ledger instanceof RedisLedger) await router.ledger.ready(10_000);
     } catch (err) {
       await router.ledger.close();
-      throw new Error(`router: the ledger at ${cfg.redis.replace(/\/\/[^@]*@/, '//')} is unreachable: ${(err as Error).message}`, { cause: err });
+      throw new Error(`router: the ledger at ${(cfg.redis ?? '').replace(/\/\/[^@]*@/, '//')} is unreachable: ${(err as Error).message}`, { cause: err });
     }
     await router.refresh();
     addGenerationService(router.server, { Generate: (call) => { void router.generate(call); } });
