@@ -190,6 +190,9 @@ describe('informers under API server failures', () => {
     await op.start();
     const l = await ledgerOf(ns, 'llm');
     await eventually(async () => (await l.getBudget('b'))?.tokens_per_head === 64, 'the first version');
+    // the first reconcile has finished (its status is written) before the API server goes away
+    await eventually(() => (own.server.object('kvfleet.io', 'kvbudgets', ns, 'b')?.status as BudgetObj['status'])?.observedGeneration === 1,
+      'the status of the first version');
 
     // The API server goes away; a change lands meanwhile and the watch history is compacted, so the informer's
     // resume gets 410 Gone and has to relist to see it.
@@ -201,13 +204,16 @@ describe('informers under API server failures', () => {
     own.server.compact();
     await new Promise((r) => setTimeout(r, 300)); // let the informers fail and back off
     await own.server.resume();
+    // the informer's cache can only get it by relisting (the watch history is gone)
+    await eventually(() => op.budgets.get('b', ns)?.spec.tokensPerHead === 128, 'the informer cache to hold the change', 10_000);
+    expect(budgetLists()).toBeGreaterThan(listsBefore);
     await eventually(async () => (await l.getBudget('b'))?.tokens_per_head === 128, 'the change made while the API server was down', 10_000);
-    expect(budgetLists()).toBeGreaterThan(listsBefore); // it got there by relisting
 
     // A restart that keeps state: the watch resumes, and later changes still arrive.
     await own.server.restart({ keepState: true });
     const { MERGE_PATCH } = await import('../../operator/runtime/kube.ts');
     await own.custom.patchNamespacedCustomObject({ ...budgetTarget(ns), name: 'b', body: { spec: { tokensPerHead: 200 } } }, MERGE_PATCH);
+    await eventually(() => op.budgets.get('b', ns)?.spec.tokensPerHead === 200, 'the informer to see a change after the restart', 10_000);
     await eventually(async () => (await l.getBudget('b'))?.tokens_per_head === 200, 'a change after the restart', 10_000);
     expect(await op.metrics.informerRestarts.get().then((m) => m.values.reduce((s, v) => s + v.value, 0))).toBeGreaterThan(0);
   });
