@@ -145,11 +145,19 @@ describe('kvfleet worker in a fleet (child process)', () => {
     const gen = generationClient(c.addr);
     const wc = workerClient(c.addr);
     try {
-      const running = generate(gen, { text: 'too long to finish', sampling: greedy(8000) });
-      await until('the request running', () => new Promise((resolve) => wc.GetCapacity({}, (e, cap) => resolve(!e && cap?.running === 1))), 10_000);
+      const tokens: number[] = [];
+      let firstToken!: () => void;
+      const gotFirst = new Promise<void>((res) => { firstToken = res; });
+      const call = gen.Generate({ text: 'too long to finish', sampling: greedy(8000) });
+      const running = new Promise<{ error?: grpc.ServiceError }>((resolve) => {
+        call.on('data', (m: { token_ids?: number[] }) => { tokens.push(...(m.token_ids ?? [])); if (tokens.length > 0) firstToken(); });
+        call.on('error', (e: grpc.ServiceError) => resolve({ error: e }));
+        call.on('end', () => resolve({}));
+      });
+      await gotFirst;
       const t0 = Date.now();
       process.kill(c.p.pid, 'SIGTERM');
-      const r = await running;
+      const r = { ...(await running), tokens };
       expect(r.error?.code).toBe(grpc.status.UNAVAILABLE);
       expect(r.error?.details).toMatch(/drain timeout \(300 ms\) passed/);
       expect(r.tokens.length).toBeGreaterThan(0);
