@@ -67,6 +67,7 @@ export class FleetMember {
   private readonly admittedIds = new Set<string>();
   private readonly rejectedIds = new Set<string>();
   private sub: Subscription | undefined;
+  private subscribing = false;
   private timers: NodeJS.Timeout[] = [];
   private closed = false;
   private down = false;
@@ -108,10 +109,12 @@ export class FleetMember {
     } catch (err) {
       f.ledgerDown(err);
     }
-    // a subscription that cannot connect may keep trying inside ioredis: it is not waited for past the timeout
+    // Subscribing is left until Redis answers (here, or at the first heartbeat that gets through): a subscription
+    // attempted while Redis is down may neither succeed nor fail (its connection queues commands), and would never
+    // be retried.
     let timer: NodeJS.Timeout | undefined;
-    await Promise.all([f.heartbeatNow(), f.refreshBudgets(),
-      Promise.race([f.subscribe(), new Promise<void>((r) => { timer = setTimeout(r, connectTimeoutMs); })])]);
+    await Promise.all([f.heartbeatNow(), f.refreshBudgets(), f.down ? Promise.resolve()
+      : Promise.race([f.subscribe(), new Promise<void>((r) => { timer = setTimeout(r, connectTimeoutMs); })])]);
     clearTimeout(timer);
     f.timers.push(setInterval(() => { f.wanted = true; void f.pump(); }, o.heartbeatMs));
     f.timers.push(setInterval(() => { void f.refreshBudgets(); }, o.budgetRefreshMs));
@@ -180,9 +183,10 @@ export class FleetMember {
       this.heartbeats++;
       if (this.down) {
         this.down = false;
-        this.log.info('ledger reachable again: heartbeats resumed');
+        this.log.info('ledger reachable: heartbeats delivered');
         void this.refreshBudgets();
       }
+      if (!this.sub) void this.subscribe();
     } catch (err) {
       this.ledgerDown(err);
     }
@@ -230,17 +234,21 @@ export class FleetMember {
     void this.refreshBudgets();
   }
 
+  /** Subscribes to the events channel once; a failed attempt is retried by the next delivered heartbeat. After
+   *  the first success ioredis re-subscribes after reconnects by itself. */
   private async subscribe(): Promise<void> {
-    if (this.closed || this.sub) return;
+    if (this.closed || this.sub || this.subscribing) return;
+    this.subscribing = true;
     try {
-      this.sub = await this.ledger.subscribe((ev) => this.onEvent(ev),
+      const sub = await this.ledger.subscribe((ev) => this.onEvent(ev),
         (e) => { if (e.code === 'invalid_reply') this.log.warn({ err: e.message }, 'bad message on the events channel'); else this.ledgerDown(e); });
+      if (this.closed) await sub.close(); else this.sub = sub;
+      // budget changes announced before the subscription was active: one read catches them up
+      void this.refreshBudgets();
     } catch (err) {
       this.ledgerDown(err);
-      // until the first subscription succeeds, retry; afterwards ioredis re-subscribes after reconnects by itself
-      const t = setTimeout(() => { void this.subscribe(); }, Math.max(500, this.o.heartbeatMs));
-      t.unref();
-      this.timers.push(t);
+    } finally {
+      this.subscribing = false;
     }
   }
 

@@ -300,4 +300,35 @@ describe('Redis outage', () => {
       await redis.stop();
     }
   });
+
+  it('a worker started while Redis is down serves at once and joins the ledger when Redis comes up', async () => {
+    const redis = await startRedis();
+    const port = redis.port;
+    await redis.stop();
+    const t0 = Date.now();
+    const t = await inProcessWorker(model.dir, { redis: `redis://127.0.0.1:${port}`, fleet: 'wtest/late', heartbeatMs: 100, budgetRefreshMs: 60_000 });
+    let r2: Awaited<ReturnType<typeof startRedis>> | undefined;
+    try {
+      expect(Date.now() - t0).toBeLessThan(8000);  // it waited for Redis a bounded time, then started anyway
+      expect(t.w.fleet!.connected).toBe(false);
+      const r = await generate(t.gen, { text: 'no ledger yet', sampling: greedy(3) });
+      expect(r.error).toBeUndefined();
+      // a named budget cannot be resolved before the first read: retryable UNAVAILABLE, not NOT_FOUND
+      const named = await generate(t.gen, { text: 'x', sampling: greedy(1), budget: { name: 'tight' } });
+      expect(named.error?.code).toBe(grpc.status.UNAVAILABLE);
+      r2 = await startRedis({ port });
+      const ledger = await RedisLedger.connect({ redis: r2.url, namespace: 'wtest', fleet: 'late' });
+      ledgers.push(ledger);
+      await until('the worker in the ledger', () => entry(ledger, t.w.workerId), 8000, 50);
+      await ledger.setBudget('tight', { method: 'ADA_SNAPKV', tokens_per_head: 40 });
+      const ok = await until('the named budget usable', async () => {
+        const x = await generate(t.gen, { token_ids: { ids: prompt(100) }, sampling: greedy(2), budget: { name: 'tight' } });
+        return x.error ? undefined : x;
+      }, 2000, 50);  // the events channel (subscribed once Redis answered) delivers it, not the 60 s periodic read
+      expect(Number(ok.last!.kv_stats!.kept_tokens)).toBe(L * Hk * (40 + 1));
+    } finally {
+      await t.stop();
+      await r2?.stop();
+    }
+  });
 });
