@@ -109,9 +109,9 @@ export class FleetMember {
     } catch (err) {
       f.ledgerDown(err);
     }
-    // Subscribing is left until Redis answers (here, or at the first heartbeat that gets through): a subscription
-    // attempted while Redis is down may neither succeed nor fail (its connection queues commands), and would never
-    // be retried.
+    // Subscribing is left until Redis answers (here, or after the first heartbeat that gets through), so a worker
+    // that starts before Redis does not spin on failing subscriptions; each success is followed by a budget read,
+    // which catches up on changes announced before the subscription was active.
     let timer: NodeJS.Timeout | undefined;
     await Promise.all([f.heartbeatNow(), f.refreshBudgets(), f.down ? Promise.resolve()
       : Promise.race([f.subscribe(), new Promise<void>((r) => { timer = setTimeout(r, connectTimeoutMs); })])]);
