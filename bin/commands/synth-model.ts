@@ -31,5 +31,10 @@ export function registerSynthModel(program: Command): void {
         + `L=${c.num_hidden_layers} D=${c.hidden_size} H=${c.num_attention_heads} Hk=${c.num_key_value_heads} `
         + `d=${c.head_dim} F=${c.intermediate_size} V=${c.vocab_size} seed=${opts.seed}\n`
         + `files: ${r.files.join(', ')}\n`);
+      if (opts.preset === 'hetero') {
+        const { HETERO_HEADS, HETERO_SUBSETS } = await import('../../worker/model/hetero.ts');
+        process.stdout.write(`rope_theta=${c.rope_theta} context=${c.max_position_embeddings}; heads [layer][kv head] = kind:subset@boost: `
+          + HETERO_HEADS.map((row) => row.map((h) => `${h.kind}:${HETERO_SUBSETS[h.subset].name}@${h.boost}`).join(' ')).join(' | ') + '\n');
+      }
     });
 }
