@@ -6,6 +6,7 @@ export type BenchModule = { run(opts: BenchOptions): Promise<BenchReport> };
 
 export const benches: Record<string, () => Promise<BenchModule>> = {
   engine: () => import('./engine.ts'),
+  'engine-vs-llama': () => import('./vs-llama.ts'),
   ledger: () => import('./ledger.ts'),
   worker: () => import('./worker.ts'),
   quality: () => import('./quality.ts'),
