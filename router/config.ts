@@ -23,7 +23,18 @@ export const RouterConfigSchema = z.object({
   metricsPort: z.coerce.number().int().min(0).max(65535).default(9401),
   routerId: z.string().min(1).optional(),
   maxMessageBytes: z.coerce.number().int().min(1024).default(4 * 1024 * 1024),
-});
+  // clients -> router
+  authTokenFile: z.string().min(1).optional(),
+  tlsCert: z.string().min(1).optional(),
+  tlsKey: z.string().min(1).optional(),
+  tlsClientCa: z.string().min(1).optional(),
+  // router -> workers
+  workerTokenFile: z.string().min(1).optional(),
+  workerTlsCa: z.string().min(1).optional(),
+  workerTlsCert: z.string().min(1).optional(),
+  workerTlsKey: z.string().min(1).optional(),
+}).refine((c) => (c.tlsCert === undefined) === (c.tlsKey === undefined), { path: ['tlsCert'], message: 'give both --tls-cert and --tls-key' })
+  .refine((c) => (c.workerTlsCert === undefined) === (c.workerTlsKey === undefined), { path: ['workerTlsCert'], message: 'give both --worker-tls-cert and --worker-tls-key' });
 export type RouterConfig = Readonly<z.infer<typeof RouterConfigSchema>>;
 
 export class ConfigError extends Error {
@@ -47,5 +58,8 @@ export function routerEnv(env: NodeJS.ProcessEnv): Record<string, string | undef
     redisPasswordFile: env.KVFLEET_REDIS_PASSWORD_FILE, fleet: env.KVFLEET_FLEET, policy: env.KVFLEET_ROUTER_POLICY,
     tokenizer: env.KVFLEET_TOKENIZER, maxQueueMs: env.KVFLEET_ROUTER_MAX_QUEUE_MS,
     metricsPort: env.KVFLEET_ROUTER_METRICS_PORT, routerId: env.POD_NAME,
+    authTokenFile: env.KVFLEET_AUTH_TOKEN_FILE, tlsCert: env.KVFLEET_TLS_CERT, tlsKey: env.KVFLEET_TLS_KEY,
+    tlsClientCa: env.KVFLEET_TLS_CLIENT_CA, workerTokenFile: env.KVFLEET_WORKER_TOKEN_FILE,
+    workerTlsCa: env.KVFLEET_WORKER_TLS_CA, workerTlsCert: env.KVFLEET_WORKER_TLS_CERT, workerTlsKey: env.KVFLEET_WORKER_TLS_KEY,
   };
 }

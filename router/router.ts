@@ -18,6 +18,7 @@ import {
   type BudgetSpec, type GenerateRequest, type GenerateResponse, type GenerationClient,
 } from '../proto/index.ts';
 import { Tokenizer } from '../worker/tokenizer.ts';
+import { bearerAuthInterceptor } from '../worker/security.ts';
 import type { RouterConfig } from './config.ts';
 
 /** A gRPC error with a status code, raised inside the router and answered at the edge. */
@@ -50,6 +51,9 @@ export class Router {
   private timers: NodeJS.Timeout[] = [];
   private metricsServer: http.Server | undefined;
   private closed = false;
+  private readonly workerToken: string | undefined;
+  private readonly serverCreds: grpc.ServerCredentials;
+  private readonly workerCreds: grpc.ChannelCredentials;
   readonly registry = new client.Registry();
   private readonly m;
 
@@ -71,9 +75,26 @@ export class Router {
       this.ledger = new RedisLedger({ redis: url, namespace, fleet, onError: (e) => this.onLedgerError(e) });
     }
     this.tokenizer = cfg.tokenizer ? Tokenizer.load(cfg.tokenizer) : undefined;
+    const secret = (flag: string, file: string) => {
+      try { return readFileSync(file); } catch (err) {
+        throw new Error(`${flag}: cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})`, { cause: err });
+      }
+    };
+    const clientToken = cfg.authTokenFile ? secret('--auth-token-file', cfg.authTokenFile).toString('utf8').trim() : undefined;
+    this.workerToken = cfg.workerTokenFile ? secret('--worker-token-file', cfg.workerTokenFile).toString('utf8').trim() : undefined;
+    this.serverCreds = cfg.tlsCert && cfg.tlsKey
+      ? grpc.ServerCredentials.createSsl(cfg.tlsClientCa ? secret('--tls-client-ca', cfg.tlsClientCa) : null,
+        [{ cert_chain: secret('--tls-cert', cfg.tlsCert), private_key: secret('--tls-key', cfg.tlsKey) }], !!cfg.tlsClientCa)
+      : grpc.ServerCredentials.createInsecure();
+    this.workerCreds = cfg.workerTlsCa || cfg.workerTlsCert
+      ? grpc.credentials.createSsl(cfg.workerTlsCa ? secret('--worker-tls-ca', cfg.workerTlsCa) : null,
+        cfg.workerTlsKey ? secret('--worker-tls-key', cfg.workerTlsKey) : null,
+        cfg.workerTlsCert ? secret('--worker-tls-cert', cfg.workerTlsCert) : null)
+      : grpc.credentials.createInsecure();
     this.server = new grpc.Server({
       'grpc.max_receive_message_length': cfg.maxMessageBytes,
       'grpc.max_send_message_length': cfg.maxMessageBytes,
+      interceptors: clientToken ? [bearerAuthInterceptor(clientToken, (method, why) => log.warn({ method, why }, 'call refused'))] : [],
     });
     const r = this.registry;
     this.m = {
@@ -102,7 +123,7 @@ export class Router {
     addHealth(router.server, [SERVICE_NAMES.generation]);
     addReflection(router.server);
     router.port = await new Promise<number>((resolve, reject) => {
-      router.server.bindAsync(`${cfg.host}:${cfg.port}`, grpc.ServerCredentials.createInsecure(),
+      router.server.bindAsync(`${cfg.host}:${cfg.port}`, router.serverCreds,
         (err, p) => (err ? reject(err) : resolve(p)));
     });
     router.timers.push(setInterval(() => { void router.refresh(); }, 500));
@@ -155,7 +176,7 @@ export class Router {
   private clientFor(addr: string): GenerationClient {
     let c = this.clients.get(addr);
     if (!c) {
-      c = generationClient(addr, grpc.credentials.createInsecure(), {
+      c = generationClient(addr, this.workerCreds, {
         'grpc.max_receive_message_length': this.config.maxMessageBytes,
         'grpc.max_send_message_length': this.config.maxMessageBytes,
       });
@@ -329,7 +350,9 @@ export class Router {
     return new Promise((resolve) => {
       const deadline = call.getDeadline();
       const opts: grpc.CallOptions = deadline instanceof Date || typeof deadline === 'number' ? { deadline } : {};
-      const ws = this.clientFor(picked.addr).Generate(wreq, new grpc.Metadata(), opts);
+      const md = new grpc.Metadata();
+      if (this.workerToken) md.set('authorization', `Bearer ${this.workerToken}`);
+      const ws = this.clientFor(picked.addr).Generate(wreq, md, opts);
       let finished = false;
       const onCancel = () => { ws.cancel(); };
       call.on('cancelled', onCancel);

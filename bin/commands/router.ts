@@ -13,6 +13,14 @@ export function registerRouter(program: Command): void {
     .option('--max-queue-ms <n>', 'wait this long for a worker with room before RESOURCE_EXHAUSTED (default 2000)')
     .option('--max-attempts <n>', 'workers tried per request, migrations included (default 4)')
     .option('--metrics-port <n>', 'Prometheus /metrics port, 0 = off (default 9401)')
+    .option('--auth-token-file <file>', 'clients must send authorization: Bearer <token in this file> (env KVFLEET_AUTH_TOKEN_FILE)')
+    .option('--tls-cert <file>', 'serve TLS with this certificate (with --tls-key)')
+    .option('--tls-key <file>', 'the TLS private key')
+    .option('--tls-client-ca <file>', 'require client certificates signed by this CA (mutual TLS)')
+    .option('--worker-token-file <file>', 'bearer token sent to workers (their --auth-token-file)')
+    .option('--worker-tls-ca <file>', 'dial workers over TLS, trusting this CA')
+    .option('--worker-tls-cert <file>', 'client certificate for workers that require mutual TLS (with --worker-tls-key)')
+    .option('--worker-tls-key <file>', 'the client certificate key')
     .action(async (opts: Record<string, string | undefined>) => {
       const { parseRouterConfig, routerEnv } = await import('../../router/config.ts');
       const { Router } = await import('../../router/router.ts');

@@ -1,6 +1,7 @@
 // The router's own answers, before any worker is involved: configuration errors, no capacity, unknown budgets.
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { RedisLedger } from '../../ledger/index.ts';
 import { generationClient, type GenerateRequest, type GenerateResponse } from '../../proto/index.ts';
@@ -72,5 +73,52 @@ describe('router without workers', () => {
     expect(b.err?.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(b.err?.details).toMatch(/keep_ratio/);
     c.close();
+  });
+});
+
+describe('router auth and TLS', () => {
+  it('clients need the router token; the router presents its own token to workers over TLS', async () => {
+    const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { makeCerts } = await import('../harness/certs.ts');
+    const { tinyModel, inProcessWorker } = await import('../worker/helpers.ts');
+    const certs = makeCerts();
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'kvf-rauth-'));
+    writeFileSync(path.join(dir, 'client-token'), 'router-secret\n');
+    writeFileSync(path.join(dir, 'worker-token'), 'worker-secret\n');
+    const model = tinyModel();
+    const redis = inject('redisUrl');
+    const fleet = `test-${process.pid}/router-auth`;
+    const w = await inProcessWorker(model.dir, { redis, fleet, authTokenFile: path.join(dir, 'worker-token'),
+      tlsCert: certs.cert, tlsKey: certs.key, host: '127.0.0.1' }, {
+      creds: grpc.credentials.createSsl(readFileSync(certs.ca)),
+      clientOptions: { interceptors: [] },
+    });
+    const router = await Router.start(parseRouterConfig({ port: 0, redis, fleet, metricsPort: 0, maxQueueMs: 5000,
+      authTokenFile: path.join(dir, 'client-token'), tlsCert: certs.cert, tlsKey: certs.key,
+      workerTokenFile: path.join(dir, 'worker-token'), workerTlsCa: certs.ca }), pino({ level: 'silent' }));
+    const tls = grpc.credentials.createSsl(readFileSync(certs.ca));
+    const withToken = (t: string): grpc.Interceptor => (options, next) => new grpc.InterceptingCall(next(options), {
+      start(md, listener, nxt) { md.set('authorization', `Bearer ${t}`); nxt(md, listener); },
+    });
+    try {
+      const anon = generationClient(`localhost:${router.port}`, tls);
+      const r0 = await collect(anon, { token_ids: { ids: [5, 6] }, sampling: { max_new_tokens: 3 } });
+      expect(r0.err?.code).toBe(grpc.status.UNAUTHENTICATED);
+      const wrong = generationClient(`localhost:${router.port}`, tls, { interceptors: [withToken('worker-secret')] });
+      expect((await collect(wrong, { token_ids: { ids: [5, 6] } })).err?.code).toBe(grpc.status.UNAUTHENTICATED);
+      const ok = generationClient(`localhost:${router.port}`, tls, { interceptors: [withToken('router-secret')] });
+      const r = await collect(ok, { token_ids: { ids: [5, 6] }, sampling: { max_new_tokens: 3, temperature: 0 } });
+      expect(r.err).toBeUndefined();
+      expect(r.msgs.flatMap((m) => m.token_ids ?? []).length).toBe(3);
+      anon.close(); wrong.close(); ok.close();
+    } finally {
+      await router.close();
+      await w.stop();
+      model.cleanup();
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(certs.dir, { recursive: true, force: true });
+    }
   });
 });

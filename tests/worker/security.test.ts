@@ -2,7 +2,6 @@
 // method while health stays open for kubelet probes; TLS with a certificate generated here by openssl (and mutual TLS
 // with a client CA) serves a real stream, and a plaintext or certificate-less client is refused; secrets never reach
 // the log, request ids do; unreadable secret files fail at start naming the option.
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,6 +15,7 @@ import { generationClient, workerClient, type WorkerClient } from '../../proto/i
 import { parseWorkerConfig, WorkerConfigError } from '../../worker/config.ts';
 import { startWorker } from '../../worker/server.ts';
 import { generate, greedy, inProcessWorker, tinyModel } from './helpers.ts';
+import { makeCerts } from '../harness/certs.ts';
 
 let model: ReturnType<typeof tinyModel>;
 let dir: string;
@@ -40,29 +40,6 @@ function healthClient(addr: string, creds = grpc.credentials.createInsecure()): 
 const check = (h: HealthClient) => new Promise<string>((resolve, reject) => h.Check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r!.status))));
 const getCapacity = (wc: WorkerClient) => new Promise<grpc.ServiceError | null>((resolve) => wc.GetCapacity({}, (e) => resolve(e)));
 const drainCall = (wc: WorkerClient) => new Promise<grpc.ServiceError | null>((resolve) => wc.Drain({}, (e) => resolve(e)));
-
-function openssl(args: string[], cwd: string): void {
-  const r = spawnSync('openssl', args, { cwd, encoding: 'utf8' });
-  if (r.error) throw new Error(`openssl is needed to make the test certificates (Debian: apt-get install openssl): ${r.error.message}`);
-  if (r.status !== 0) throw new Error(`openssl ${args.join(' ')} failed: ${r.stderr}`);
-}
-
-/** A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all signed by the CA. */
-function makeCerts(): { dir: string; ca: string; cert: string; key: string; clientCert: string; clientKey: string } {
-  const d = mkdtempSync(path.join(os.tmpdir(), 'kvf-tls-'));
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl(['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=kvfleet test CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], d);
-  for (const [name, cn, ext] of [['server', 'localhost', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth'],
-    ['client', 'kvfleet-router', 'extendedKeyUsage=clientAuth']] as const) {
-    openssl(['req', ...ec, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`], d);
-    writeFileSync(path.join(d, `${name}.ext`), `basicConstraints=CA:FALSE\n${ext}\n`);
-    openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.crt`,
-      '-days', '1', '-extfile', `${name}.ext`], d);
-  }
-  const p = (f: string) => path.join(d, f);
-  return { dir: d, ca: p('ca.crt'), cert: p('server.crt'), key: p('server.key'), clientCert: p('client.crt'), clientKey: p('client.key') };
-}
 
 describe('bearer-token auth', () => {
   it('missing or wrong token: UNAUTHENTICATED on Generate, GetCapacity and Drain; health stays open; the right token is served', async () => {
