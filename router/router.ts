@@ -365,7 +365,10 @@ export class Router {
         call.removeListener('cancelled', onCancel);
         if (call.cancelled) resolve({ kind: 'cancelled' });
         else if (FINAL_CODES.has(err.code)) resolve({ kind: 'final', code: err.code, message: err.details });
-        else if (err.code === grpc.status.RESOURCE_EXHAUSTED) resolve({ kind: 'busy', message: err.details });
+        // full, or draining (it is alive: it stays in the ledger, flagged by its own heartbeat)
+        else if (err.code === grpc.status.RESOURCE_EXHAUSTED || (err.code === grpc.status.UNAVAILABLE && /drain/i.test(err.details))) {
+          resolve({ kind: 'busy', message: err.details });
+        }
         else resolve({ kind: 'failed', message: `${grpc.status[err.code]}: ${err.details}` });
       });
       ws.on('end', () => {
