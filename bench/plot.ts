@@ -23,13 +23,14 @@ export const PALETTE = ['#0072B2', '#D55E00', '#009E73', '#CC79A7', '#E69F00', '
 const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 const fmt = (x: number): string => Number(x.toPrecision(6)).toString();
 
-/** Short tick labels: 1.5K, 32M, 0.05. */
+/** Short tick labels, at most 4 significant digits: 4096, 32.77K, 12.58M, 0.05. */
 export function tickLabel(v: number): string {
   const a = Math.abs(v);
-  if (a >= 1e9) return `${fmt(v / 1e9)}G`;
-  if (a >= 1e6) return `${fmt(v / 1e6)}M`;
-  if (a >= 1e4) return `${fmt(v / 1e3)}K`;
-  return fmt(Number(v.toPrecision(3)));
+  const p4 = (x: number) => String(Number(x.toPrecision(4)));
+  if (a >= 1e9) return `${p4(v / 1e9)}G`;
+  if (a >= 1e6) return `${p4(v / 1e6)}M`;
+  if (a >= 1e4) return `${p4(v / 1e3)}K`;
+  return Number.isInteger(v) ? String(v) : p4(v);
 }
 
 /** About `count` round ticks covering [lo, hi] (steps of 1, 2 or 5 x 10^k). */

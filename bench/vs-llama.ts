@@ -158,6 +158,8 @@ async function measure(opts: BenchOptions): Promise<BenchReport> {
   const longReps = intArg(opts, 'long-reps', 1);
   const decode = intArg(opts, 'decode', 32);
   const llamaFa = opts.args['llama-fa'] === true || opts.args['llama-fa'] === 'on';
+  // --max-context N drops longer contexts (a shorter run); the targets of dropped points are then NaN (not met)
+  const maxContext = opts.args['max-context'] === undefined ? Infinity : intArg(opts, 'max-context', 1);
   const specs = modelSpecs(opts);
   const started = performance.now();
   const loadStart = os.loadavg()[0];
@@ -184,7 +186,8 @@ async function measure(opts: BenchOptions): Promise<BenchReport> {
       const { L, Hk, d } = gguf.hparams;
       const kvPerToken = 2 * L * Hk * d * 2;   // K and V, f16, every layer and KV head
       const n2x = Math.ceil((2 * gguf.weightBytes) / kvPerToken);
-      plans.push({ spec, dir, gguf, kvPerToken, n2x, contexts: spec.contexts(n2x) });
+      const contexts = spec.contexts(n2x).filter((n) => n <= maxContext);
+      if (contexts.length) plans.push({ spec, dir, gguf, kvPerToken, n2x, contexts });
     }
     const repsFor = (n: number) => (n <= 2048 ? reps : longReps);
     const total = plans.reduce((a, p) => a + p.contexts.reduce((b, n) => b + repsFor(n) * SYSTEMS.length, 0), 0);
