@@ -146,7 +146,7 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
   if (plotDir) {
     const files = writeCharts(report, plotDir, strArg(opts, 'quality') ?? path.join(path.dirname(new URL(import.meta.url).pathname), 'results/quality.json'));
     if (!from) writeFileSync(path.join(plotDir, `${NAME}.json`), JSON.stringify(report, null, 2) + '\n');
-    writeFileSync(path.join(plotDir, `${NAME}.md`), markdown(report, files));
+    writeFileSync(path.join(plotDir, `${NAME}.md`), markdown(report, files, path.relative(path.resolve(path.dirname(new URL(import.meta.url).pathname), '..'), path.resolve(plotDir))));
     log(`wrote ${[...files, `${NAME}.md`].map((f) => path.join(plotDir, f)).join(', ')}`);
   }
   return report;
@@ -332,8 +332,8 @@ export function writeCharts(report: BenchReport, dir: string, qualityFile?: stri
   return files;
 }
 
-/** The tables and image links for the README (image paths relative to the chart folder). */
-export function markdown(report: BenchReport, images: string[]): string {
+/** The tables and image links for the README (image paths: imageDir, relative to the repository root). */
+export function markdown(report: BenchReport, images: string[], imageDir = 'bench/results'): string {
   const runs = report.results.filter((r): r is SystemResult => (r as { name?: string }).name === 'run');
   const setups = report.results.filter((r) => (r as { name?: string }).name === 'setup') as Array<{ model: string; dtype: string;
     config: { L: number; D: number; H: number; Hk: number; d: number; F: number; V: number }; weight_bytes_llama: number;
@@ -359,6 +359,6 @@ export function markdown(report: BenchReport, images: string[]): string {
   }
   out.push('', '| target | value | threshold | met |', '|---|---:|---:|---|');
   for (const t of report.targets) out.push(`| ${t.name} | ${t.value} | ${t.op} ${round(t.threshold, 4)} | ${met(t) ? 'yes' : 'no'} |`);
-  out.push('', ...images.map((f) => `![${f.replace(/\.svg$/, '')}](bench/results/${f})`), '');
+  out.push('', ...images.map((f) => `![${f.replace(/\.svg$/, '')}](${imageDir}/${f})`), '');
   return out.join('\n');
 }
