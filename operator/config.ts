@@ -1,6 +1,7 @@
 // Operator options in stages (STYLE.md 9): raw values from the command line → one zod parse at start → a typed,
 // defaulted OperatorConfig. Nothing below this file reads argv.
 import { existsSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 
@@ -31,13 +32,27 @@ export type KubeSource = { kind: 'file'; path: string } | { kind: 'env' } | { ki
 
 /** The options after parsing: every default filled. metricsPort 0 turns /metrics off; health (/healthz,
  *  /readyz) is served on healthPort when given, else beside /metrics. */
-export type OperatorConfig = z.output<typeof Schema> & { kube: KubeSource };
+export type OperatorConfig = z.output<typeof Schema> & {
+  kube: KubeSource;
+  /** image of workers and routers of Fleets that name none: $KVFLEET_IMAGE (the chart sets the operator's own) */
+  image?: string;
+  /** image of managed Redis instances: $KVFLEET_REDIS_IMAGE */
+  redisImage?: string;
+  /** leader election: the Lease's name and namespace ($KVFLEET_LEASE_NAME, $POD_NAMESPACE) and this replica's
+   *  identity ($POD_NAME, else the host name and pid) */
+  lease: { name: string; namespace: string; identity: string };
+};
 export type OperatorConfigInput = z.input<typeof Schema>;
 
 export function parseOperatorConfig(raw: OperatorConfigInput, env: NodeJS.ProcessEnv = process.env): OperatorConfig {
   const r = Schema.safeParse(raw);
   if (!r.success) throw new OperatorConfigError(r.error.issues.map((i) => i.message).join('; '));
-  return { ...r.data, kube: kubeSource(r.data.kubeconfig, env) };
+  const nonEmpty = (v: string | undefined) => (v !== undefined && v !== '' ? v : undefined);
+  return {
+    ...r.data, kube: kubeSource(r.data.kubeconfig, env), image: nonEmpty(env.KVFLEET_IMAGE), redisImage: nonEmpty(env.KVFLEET_REDIS_IMAGE),
+    lease: { name: nonEmpty(env.KVFLEET_LEASE_NAME) ?? 'kvfleet-operator', namespace: nonEmpty(env.POD_NAMESPACE) ?? r.data.namespace ?? 'default',
+      identity: nonEmpty(env.POD_NAME) ?? `${os.hostname()}-${process.pid}` },
+  };
 }
 
 function kubeSource(flag: string | undefined, env: NodeJS.ProcessEnv): KubeSource {

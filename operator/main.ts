@@ -25,7 +25,7 @@ export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ le
     log.warn('--leader-elect: leader election is not implemented yet; this instance reconciles unconditionally (run one replica)');
   }
   const operator = new Operator({ kc, namespace: cfg.namespace, log, validate: validateBudget, concurrency: cfg.concurrency,
-    resyncMs: cfg.resyncSeconds * 1000 });
+    resyncMs: cfg.resyncSeconds * 1000, defaultImage: cfg.image, redisImage: cfg.redisImage });
 
   const endpoints: HttpEndpoints[] = [];
   const health = {

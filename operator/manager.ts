@@ -5,11 +5,14 @@
 //
 // Leadership: informers run on every replica (warm caches); controllers run only between startControllers() and
 // stopControllers(), so leader election (issue 18) wraps exactly those two calls.
-import { CoreV1Api, CustomObjectsApi, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import { CoreV1Api, CustomObjectsApi, type KubeConfig, type KubernetesObject, type V1Deployment } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { FLEET, GROUP, KVBUDGET, VERSION, type Fleet, type KVBudget } from './api/v1alpha1.ts';
 import type { EngineValidate } from './budget.ts';
-import { budgetsAffectedByFleet, KVBudgetReconciler } from './controllers/kvbudget.ts';
+import { Applier } from './apply.ts';
+import { FleetReconciler, type FleetAutoscaler } from './controllers/fleet.ts';
+import { FIELD_MANAGER } from './controllers/fleet-objects.ts';
+import { budgetsAffectedByFleet, KVBudgetReconciler, usesBudget } from './controllers/kvbudget.ts';
 import { LedgerPool } from './ledgers.ts';
 import { ResourceInformer } from './runtime/informer.ts';
 import { errorText, objectKey, type ResourceRef } from './runtime/kube.ts';
@@ -18,11 +21,18 @@ import { WorkQueue } from './runtime/queue.ts';
 
 export const FLEET_RESOURCE: ResourceRef = { group: GROUP, version: VERSION, kind: FLEET.kind, plural: FLEET.plural };
 export const KVBUDGET_RESOURCE: ResourceRef = { group: GROUP, version: VERSION, kind: KVBUDGET.kind, plural: KVBUDGET.plural };
+export const DEPLOYMENT_RESOURCE: ResourceRef = { group: 'apps', version: 'v1', kind: 'Deployment', plural: 'deployments' };
+/** The label every child the operator creates carries: its informers watch only these. */
+export const MANAGED_SELECTOR = `app.kubernetes.io/managed-by=${FIELD_MANAGER}`;
+/** The image of a Fleet's workers and routers when neither the Fleet nor the operator's options name one. */
+export const FALLBACK_IMAGE = 'ghcr.io/kvfleet/kvfleet:latest';
+export const DEFAULT_REDIS_IMAGE = 'redis:7.4-alpine';
 
-/** A controller's reconcile: idempotent; throws to be retried with backoff; a missing object is not an error. */
+/** A controller's reconcile: idempotent; throws to be retried with backoff; a missing object is not an error.
+ *  It may ask to run again after a delay (state outside Kubernetes, such as the ledger, changes without events). */
 export interface Reconciler {
   readonly name: string;
-  reconcile(key: string): Promise<void>;
+  reconcile(key: string): Promise<void | { requeueAfterMs?: number }>;
 }
 
 export interface OperatorOptions {
@@ -43,6 +53,16 @@ export interface OperatorOptions {
   /** reconcile retry delays after failures (defaults 100 ms → 60 s) */
   retryMinMs?: number;
   retryMaxMs?: number;
+  /** image of workers and routers of Fleets that name none (KVFLEET_IMAGE) */
+  defaultImage?: string;
+  /** image of a Fleet's managed Redis */
+  redisImage?: string;
+  /** how long a first connection to a fleet's Redis may take (default 5 s) */
+  ledgerConnectTimeoutMs?: number;
+  /** how often each Fleet's status is refreshed from its ledger (default 10 s) */
+  fleetStatusIntervalMs?: number;
+  /** the autoscaler (issue 18); without it no replica count is ever written */
+  autoscaler?: (op: Operator) => FleetAutoscaler;
 }
 
 interface ControllerEntry {
@@ -58,6 +78,9 @@ export class Operator {
   readonly ledgers: LedgerPool;
   readonly budgets: ResourceInformer<KVBudget>;
   readonly fleets: ResourceInformer<Fleet>;
+  /** the Deployments the operator manages (worker, router, managed Redis): their status changes reach the Fleet */
+  readonly deployments: ResourceInformer<V1Deployment>;
+  readonly applier: Applier;
   private readonly opts: OperatorOptions;
   private readonly controllers = new Map<string, ControllerEntry>();
   private resyncTimer: NodeJS.Timeout | undefined;
@@ -67,19 +90,22 @@ export class Operator {
     this.opts = opts;
     this.log = opts.log;
     this.metrics = opts.metrics ?? new OperatorMetrics();
-    this.ledgers = new LedgerPool({ log: opts.log.child({ part: 'ledgers' }) });
+    this.ledgers = new LedgerPool({ log: opts.log.child({ part: 'ledgers' }), connectTimeoutMs: opts.ledgerConnectTimeoutMs });
     this.budgets = this.informer<KVBudget>(KVBUDGET_RESOURCE);
     this.fleets = this.informer<Fleet>(FLEET_RESOURCE);
+    this.deployments = this.informer<V1Deployment>(DEPLOYMENT_RESOURCE, MANAGED_SELECTOR);
+    this.applier = new Applier(opts.kc);
     this.metrics.queueDepths = () => [...this.controllers].map(([name, c]) => [name, c.queue?.length ?? 0]);
     // a deleted fleet's ledger connection is closed (a recreated fleet connects again on its first reconcile)
     this.fleets.on('delete', (f) => { void this.ledgers.drop(f.metadata.namespace, f.metadata.name); });
     this.setupKVBudgetController();
+    this.setupFleetController();
   }
 
   /** A shared informer for a resource, in the operator's namespace scope. */
-  informer<T extends KubernetesObject>(ref: ResourceRef): ResourceInformer<T> {
+  informer<T extends KubernetesObject>(ref: ResourceRef, labelSelector?: string): ResourceInformer<T> {
     return new ResourceInformer<T>(this.opts.kc, ref, {
-      namespace: this.opts.namespace, log: this.log, minDelayMs: this.opts.informerMinDelayMs, maxDelayMs: this.opts.informerMaxDelayMs,
+      namespace: this.opts.namespace, labelSelector, log: this.log, minDelayMs: this.opts.informerMinDelayMs, maxDelayMs: this.opts.informerMaxDelayMs,
       onError: () => this.metrics.informerRestarts.inc({ resource: ref.plural }),
     });
   }
@@ -103,6 +129,41 @@ export class Operator {
     this.fleets.on('delete', onFleet);
   }
 
+  private setupFleetController(): void {
+    const reconciler = new FleetReconciler({
+      applier: this.applier, custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api),
+      budgets: this.budgets, ledgers: this.ledgers,
+      render: { defaultImage: this.opts.defaultImage ?? FALLBACK_IMAGE, redisImage: this.opts.redisImage ?? DEFAULT_REDIS_IMAGE },
+      statusIntervalMs: this.opts.fleetStatusIntervalMs, autoscaler: this.opts.autoscaler?.(this),
+      log: this.log.child({ controller: 'fleet' }), metrics: this.metrics,
+    });
+    const enqueue = this.addController(reconciler, () => this.fleets.list().map(keyOf));
+    this.enqueueFleet = enqueue;
+    const onFleet = (f: Fleet) => enqueue(keyOf(f));
+    this.fleets.on('add', onFleet);
+    this.fleets.on('update', onFleet);
+    this.fleets.on('delete', onFleet);
+    // a child Deployment changed (rollout progress, readiness, an edit or deletion by hand): its Fleet again
+    const onChild = (d: V1Deployment) => {
+      for (const r of d.metadata?.ownerReferences ?? []) {
+        if (r.controller && r.kind === FLEET.kind && r.apiVersion.startsWith(`${GROUP}/`)) enqueue(objectKey(d.metadata?.namespace ?? '', r.name));
+      }
+    };
+    this.deployments.on('add', onChild);
+    this.deployments.on('update', onChild);
+    this.deployments.on('delete', onChild);
+    // BudgetResolved follows the KVBudget (created, accepted, deleted)
+    const onBudget = (b: KVBudget) => {
+      for (const f of this.fleets.list(b.metadata.namespace)) if (usesBudget(f, b.metadata.name)) enqueue(keyOf(f));
+    };
+    this.budgets.on('add', onBudget);
+    this.budgets.on('update', onBudget);
+    this.budgets.on('delete', onBudget);
+  }
+
+  /** Queues a Fleet for the Fleet controller (dropped while controllers are stopped). */
+  enqueueFleet: (key: string) => void = () => undefined;
+
   /**
    * Registers a controller; returns the function that queues a key for it. Keys queued while controllers are
    * stopped are dropped: startControllers() queues every object again through `resync`.
@@ -112,6 +173,11 @@ export class Operator {
     const entry: ControllerEntry = { reconciler, queue: undefined, running: undefined, resync };
     this.controllers.set(reconciler.name, entry);
     return (key) => entry.queue?.add(key);
+  }
+
+  /** Queues a key for a controller after a delay. */
+  private requeue(name: string, key: string, ms: number): void {
+    this.controllers.get(name)?.queue?.addAfter(key, ms);
   }
 
   reconciler(name: string): Reconciler {
@@ -125,11 +191,12 @@ export class Operator {
     this.informersStarted = true;
     this.budgets.start();
     this.fleets.start();
-    await Promise.all([this.budgets.waitForSync(), this.fleets.waitForSync()]);
+    this.deployments.start();
+    await Promise.all([this.budgets.waitForSync(), this.fleets.waitForSync(), this.deployments.waitForSync()]);
     this.log.info('informers synced');
   }
 
-  get informersSynced(): boolean { return this.budgets.hasSynced && this.fleets.hasSynced; }
+  get informersSynced(): boolean { return this.budgets.hasSynced && this.fleets.hasSynced && this.deployments.hasSynced; }
   get controllersRunning(): boolean { return [...this.controllers.values()].some((c) => c.queue !== undefined); }
 
   /** Starts the controllers' workers and queues every cached object once. Call after startInformers(). */
@@ -160,8 +227,9 @@ export class Operator {
   private async timed(r: Reconciler, key: string): Promise<void> {
     const end = this.metrics.reconcileDuration.startTimer({ controller: r.name });
     try {
-      await r.reconcile(key);
+      const result = await r.reconcile(key);
       this.metrics.reconciles.inc({ controller: r.name, result: 'success' });
+      if (result?.requeueAfterMs !== undefined) this.requeue(r.name, key, result.requeueAfterMs);
     } catch (err) {
       this.metrics.reconciles.inc({ controller: r.name, result: 'error' });
       throw err;
@@ -192,7 +260,7 @@ export class Operator {
   /** Graceful stop: controllers finish their current reconcile, then informers and ledger connections close. */
   async stop(): Promise<void> {
     await this.stopControllers();
-    await Promise.all([this.budgets.stop(), this.fleets.stop()]);
+    await Promise.all([this.budgets.stop(), this.fleets.stop(), this.deployments.stop()]);
     await this.ledgers.close();
     this.log.info('operator stopped');
   }

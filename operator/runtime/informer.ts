@@ -18,6 +18,8 @@ export interface ResourceInformerOptions {
   maxDelayMs?: number;
   /** called on every error that stopped the informer (for metrics) */
   onError?: (err: unknown) => void;
+  /** list and watch only objects with these labels (e.g. the children the operator manages) */
+  labelSelector?: string;
 }
 
 export type ObjectHandler<T> = (obj: T) => void;
@@ -47,7 +49,8 @@ export class ResourceInformer<T extends KubernetesObject> {
     this.delay = this.minDelayMs;
     const objects = KubernetesObjectApi.makeApiClient(kc);
     this.informer = makeInformer<T>(kc, collectionPath(ref, opts.namespace),
-      () => objects.list<T>(apiVersionOf(ref), ref.kind, opts.namespace));
+      () => objects.list<T>(apiVersionOf(ref), ref.kind, opts.namespace, undefined, undefined, undefined, undefined, opts.labelSelector),
+      opts.labelSelector);
     this.onError = opts.onError;
     this.informer.on('error', (err: unknown) => this.restartAfter(err));
   }

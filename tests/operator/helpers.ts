@@ -64,7 +64,8 @@ export function fleet(namespace: string, name: string, spec: Record<string, unkn
 export function testOperator(kc: KubeConfig, extra: { namespace?: string } = {}): Operator {
   return new Operator({
     kc, namespace: extra.namespace, log: silentLog, validate: validateBudget, resyncMs: 0,
-    informerMinDelayMs: 50, informerMaxDelayMs: 400, retryMinMs: 50, retryMaxMs: 1000,
+    informerMinDelayMs: 50, informerMaxDelayMs: 400, retryMinMs: 50, retryMaxMs: 1000, fleetStatusIntervalMs: 200, ledgerConnectTimeoutMs: 1000,
+    defaultImage: 'kvfleet:test',
   });
 }
 
