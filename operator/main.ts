@@ -1,10 +1,12 @@
 // `kvfleet operator`: the process around the Operator — kubeconfig, logs, the metrics and health endpoints, and
 // graceful shutdown on SIGTERM/SIGINT (reconciles in flight finish; informers and ledger connections close).
+import { CoordinationV1Api } from '@kubernetes/client-node';
 import { pino, type Logger } from 'pino';
 import { validateBudget } from '../worker/compress-native.ts';
 import type { OperatorConfig } from './config.ts';
 import { Operator } from './manager.ts';
 import { loadKubeConfig } from './runtime/kube.ts';
+import { LeaderElector } from './runtime/leader.ts';
 import { serveHttp, type HttpEndpoints } from './runtime/metrics.ts';
 
 export interface RunningOperator {
@@ -12,26 +14,30 @@ export interface RunningOperator {
   /** ports actually bound (0 when off) */
   readonly metricsPort: number;
   readonly healthPort: number;
+  /** present with --leader-elect */
+  readonly elector: LeaderElector | undefined;
   stop(): Promise<void>;
 }
 
+/** Leader election timing (client-go's defaults: 15 s lease, renew every 5 s, give up after 10 s without a renewal). */
+export interface ElectionTiming { leaseDurationMs?: number; renewMs?: number; renewDeadlineMs?: number; retryMs?: number }
+
 export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ level: cfg.logLevel, base: { component: 'operator' } },
-  pino.destination(2))): Promise<RunningOperator> {
+  pino.destination(2)), timing: ElectionTiming = {}): Promise<RunningOperator> {
   const kc = loadKubeConfig(cfg.kube);
   const cluster = kc.getCurrentCluster();
   log.info({ server: cluster?.server, namespace: cfg.namespace ?? '(all)' }, 'operator starting');
-  if (cfg.leaderElect) {
-    // Issue 18 implements election on a coordination.k8s.io Lease around startControllers()/stopControllers().
-    log.warn('--leader-elect: leader election is not implemented yet; this instance reconciles unconditionally (run one replica)');
-  }
   const operator = new Operator({ kc, namespace: cfg.namespace, log, validate: validateBudget, concurrency: cfg.concurrency,
     resyncMs: cfg.resyncSeconds * 1000, defaultImage: cfg.image, redisImage: cfg.redisImage });
 
   const endpoints: HttpEndpoints[] = [];
+  // Readiness is "caches synced", not leadership: a standby replica must be ready, or the chart's rolling update
+  // (maxSurge 1, maxUnavailable 0) would wait forever for the new pod while the old one holds the Lease. Who leads
+  // is the kvfleet_operator_leader gauge.
   const health = {
     '/healthz': (): [number, string, string] => [200, 'text/plain', 'ok\n'],
-    '/readyz': (): [number, string, string] => (operator.informersSynced && operator.controllersRunning
-      ? [200, 'text/plain', 'ok\n'] : [503, 'text/plain', 'not ready: informers syncing or controllers stopped\n']),
+    '/readyz': (): [number, string, string] => (operator.informersSynced
+      ? [200, 'text/plain', 'ok\n'] : [503, 'text/plain', 'not ready: informers syncing\n']),
   };
   const metrics = {
     '/metrics': async (): Promise<[number, string, string]> => [200, operator.metrics.registry.contentType, await operator.metrics.registry.metrics()],
@@ -57,14 +63,30 @@ export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ le
   log.info({ metricsPort, healthPort }, `operator listening (metrics port ${metricsPort}, health port ${healthPort})`);
 
   await operator.startInformers();
-  operator.startControllers();
-  log.info('operator running');
+  let elector: LeaderElector | undefined;
+  if (cfg.leaderElect) {
+    operator.metrics.leader.set(0);
+    elector = new LeaderElector({
+      api: kc.makeApiClient(CoordinationV1Api), namespace: cfg.lease.namespace, name: cfg.lease.name, identity: cfg.lease.identity,
+      ...timing, log: log.child({ part: 'leader-election' }),
+      onStart: () => { operator.startControllers(); operator.metrics.leader.set(1); },
+      onStop: async () => { operator.metrics.leader.set(0); await operator.stopControllers(); },
+    });
+    elector.start();
+    log.info({ lease: `${cfg.lease.namespace}/${cfg.lease.name}`, identity: cfg.lease.identity }, 'operator running (leader election on)');
+  } else {
+    operator.startControllers();
+    operator.metrics.leader.set(1);
+    log.info('operator running');
+  }
 
   let stopping: Promise<void> | undefined;
   return {
-    operator, metricsPort, healthPort,
+    operator, metricsPort, healthPort, elector,
     stop() {
       stopping ??= (async () => {
+        // controllers stop (reconciles in flight finish) before the Lease is freed for a standby
+        await elector?.release();
         await operator.stop();
         await Promise.all(endpoints.map((e) => e.close()));
       })();

@@ -10,7 +10,8 @@ import type { Logger } from 'pino';
 import { FLEET, GROUP, KVBUDGET, VERSION, type Fleet, type KVBudget } from './api/v1alpha1.ts';
 import type { EngineValidate } from './budget.ts';
 import { Applier } from './apply.ts';
-import { FleetReconciler, type FleetAutoscaler } from './controllers/fleet.ts';
+import { Autoscaler } from './autoscaler.ts';
+import { FleetReconciler } from './controllers/fleet.ts';
 import { FIELD_MANAGER } from './controllers/fleet-objects.ts';
 import { budgetsAffectedByFleet, KVBudgetReconciler, usesBudget } from './controllers/kvbudget.ts';
 import { LedgerPool } from './ledgers.ts';
@@ -61,8 +62,8 @@ export interface OperatorOptions {
   ledgerConnectTimeoutMs?: number;
   /** how often each Fleet's status is refreshed from its ledger (default 10 s) */
   fleetStatusIntervalMs?: number;
-  /** the autoscaler (issue 18); without it no replica count is ever written */
-  autoscaler?: (op: Operator) => FleetAutoscaler;
+  /** the autoscaler's options (issue 18); false turns it off (then no replica count is ever written) */
+  autoscaling?: { drainPollMs?: number; now?: () => number } | false;
 }
 
 interface ControllerEntry {
@@ -134,7 +135,10 @@ export class Operator {
       applier: this.applier, custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api),
       budgets: this.budgets, ledgers: this.ledgers,
       render: { defaultImage: this.opts.defaultImage ?? FALLBACK_IMAGE, redisImage: this.opts.redisImage ?? DEFAULT_REDIS_IMAGE },
-      statusIntervalMs: this.opts.fleetStatusIntervalMs, autoscaler: this.opts.autoscaler?.(this),
+      statusIntervalMs: this.opts.fleetStatusIntervalMs,
+      autoscaler: this.opts.autoscaling === false ? undefined : new Autoscaler({
+        custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api), ledgers: this.ledgers,
+        log: this.log.child({ part: 'autoscaler' }), metrics: this.metrics, ...this.opts.autoscaling }),
       log: this.log.child({ controller: 'fleet' }), metrics: this.metrics,
     });
     const enqueue = this.addController(reconciler, () => this.fleets.list().map(keyOf));

@@ -9,7 +9,7 @@ export function registerOperator(program: Command): void {
     .option('--metrics-port <n>', 'Prometheus /metrics port (0 = off)', '9402')
     .option('--health-port <n>', '/healthz and /readyz port (default: beside /metrics)')
     .option('--bind-address <addr>', 'address the HTTP endpoints listen on', '0.0.0.0')
-    .option('--leader-elect', 'elect one active replica through a Lease (implemented by Operator IV)', false)
+    .option('--leader-elect', 'elect one active replica through a coordination.k8s.io Lease ($KVFLEET_LEASE_NAME in $POD_NAMESPACE; identity $POD_NAME)', false)
     .option('--concurrency <n>', 'reconciles in parallel per controller', '2')
     .option('--resync-seconds <n>', 'reconcile every object again this often (0 = never)', '300')
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))

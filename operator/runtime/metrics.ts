@@ -1,5 +1,6 @@
 // The operator's Prometheus metrics (one registry per operator instance, so tests can run several in one process)
-// and the HTTP endpoints: /metrics, /healthz (the process is alive), /readyz (caches synced and reconciling).
+// and the HTTP endpoints: /metrics, /healthz (the process is alive), /readyz (caches synced; leadership is the
+// kvfleet_operator_leader gauge, not readiness, so a standby replica is ready and a rolling update can proceed).
 import http from 'node:http';
 import client from 'prom-client';
 
@@ -11,6 +12,8 @@ export class OperatorMetrics {
   readonly queueDepth: client.Gauge<'controller'>;
   readonly informerRestarts: client.Counter<'resource'>;
   readonly ledgerWrites: client.Counter<'op'>;
+  /** 1 while this replica holds the leader Lease (or runs without election), else 0 */
+  readonly leader: client.Gauge;
   /** what the queue-depth gauge reports when scraped: controller → keys waiting */
   queueDepths: () => Iterable<[string, number]> = () => [];
 
@@ -30,6 +33,7 @@ export class OperatorMetrics {
       help: 'Times an informer stopped on an error and was started again', labelNames: ['resource'], registers });
     this.ledgerWrites = new client.Counter({ name: 'kvfleet_operator_ledger_writes_total',
       help: 'Writes to fleet ledgers (set_budget, delete_budget, set_default_budget)', labelNames: ['op'], registers });
+    this.leader = new client.Gauge({ name: 'kvfleet_operator_leader', help: '1 while this replica leads (reconciles), else 0', registers });
     client.collectDefaultMetrics({ register: this.registry, prefix: 'kvfleet_operator_' });
   }
 }

@@ -1,0 +1,240 @@
+// KV-pressure autoscaling (issue 18; ARCHITECTURE.md, "Capacity, pressure").
+//
+// Decision (ScaleDecider, pure, driven by an injected clock):
+//   recommendation = ceil(ready × pressure ÷ target), or the current replica count while pressure is within
+//   ±tolerance of the target (no flapping on noise around it); clamped to [min, max].
+//   Stabilization as HPA does it: a scale-up goes to the LOWEST recommendation of the last
+//   scaleUpStabilizationSeconds (pressure must have stayed high for the whole window), a scale-down to the HIGHEST
+//   of the last scaleDownStabilizationSeconds. A step up is at most 2× the current count.
+//   Pods starting but not yet ready get credit: `current` is the replica count asked for (starting pods
+//   included), so pressure measured over the ready workers asks for more only beyond what is already coming.
+//   With no ready worker there is no pressure signal: nothing but the min/max clamp is enforced. No step down
+//   while pods are starting (ready < current). A fresh decider treats the current count as its history.
+//
+// Execution (Autoscaler, per Fleet, one step per reconcile):
+//   up   → the Fleet's scale subresource gets the new count (the reconciler applies it to the worker Deployment);
+//   down → drain first: the least-loaded ready workers get a drain order on the ledger's events channel; once each
+//          reports no running or waiting work (or drainTimeoutSeconds passes, or it left the ledger), their pods get
+//          controller.kubernetes.io/pod-deletion-cost so the ReplicaSet removes exactly them, and only then is the
+//          count lowered. A drain in progress is remembered across reconciles (requeued every drainPollMs).
+// With autoscaling.enabled false the reconciler never calls this: the scale subresource belongs to HPA/KEDA.
+import type { CoreV1Api, CustomObjectsApi, V1Pod } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import client from 'prom-client';
+import type { WorkerSnapshot } from '../ledger/index.ts';
+import { FLEET, GROUP, VERSION, type Fleet } from './api/v1alpha1.ts';
+import type { FleetAutoscaler, ScaleContext } from './controllers/fleet.ts';
+import { workerSelector } from './controllers/fleet-objects.ts';
+import type { LedgerPool } from './ledgers.ts';
+import { isNotFound, MERGE_PATCH, objectKey } from './runtime/kube.ts';
+import type { OperatorMetrics } from './runtime/metrics.ts';
+
+export const POD_DELETION_COST = 'controller.kubernetes.io/pod-deletion-cost';
+/** The deletion cost given to drained pods: below every default (0), so they go first. */
+export const DRAINED_COST = '-1000';
+
+export interface ScalePolicy {
+  minReplicas: number;
+  maxReplicas: number;
+  targetKVPressure: number;
+  scaleUpStabilizationSeconds: number;
+  scaleDownStabilizationSeconds: number;
+}
+
+export interface Observation {
+  /** replicas asked for now (spec; starting pods included) */
+  current: number;
+  /** workers ready (the worker Deployment's readyReplicas) */
+  ready: number;
+  /** fleet pressure (queue term included); undefined when the ledger could not be read */
+  pressure: number | undefined;
+}
+
+export interface Decision {
+  desired: number;
+  /** the unstabilized recommendation of this observation */
+  recommendation: number;
+  reason: string;
+}
+
+/** A recommendation is "no change" while pressure/target is within this band around 1. */
+export const TOLERANCE = 0.1;
+
+/** The scale decision of one fleet, with its recommendation history. */
+export class ScaleDecider {
+  private history: { at: number; rec: number }[] = [];
+
+  decide(policy: ScalePolicy, o: Observation, nowMs: number): Decision {
+    const clamp = (n: number) => Math.min(policy.maxReplicas, Math.max(policy.minReplicas, n));
+    if (o.pressure === undefined || o.ready === 0) {
+      // no signal: hold, but keep within bounds
+      const desired = clamp(o.current);
+      return { desired, recommendation: desired, reason: o.pressure === undefined ? 'ledger unavailable: holding' : 'no ready worker: holding' };
+    }
+    const ratio = o.pressure / policy.targetKVPressure;
+    const raw = Math.abs(ratio - 1) <= TOLERANCE ? o.current : Math.ceil(o.ready * ratio);
+    const rec = clamp(raw);
+    const keep = Math.max(policy.scaleUpStabilizationSeconds, policy.scaleDownStabilizationSeconds) * 1000;
+    // A fresh decider (operator start, new leader) has seen nothing: it counts the current count as recommended
+    // just before now, so neither a step up nor a step down happens before its window (if any) has been observed.
+    if (this.history.length === 0) this.history.push({ at: nowMs - 1, rec: clamp(o.current) });
+    this.history = this.history.filter((h) => h.at >= nowMs - keep);
+    this.history.push({ at: nowMs, rec });
+    const within = (s: number) => this.history.filter((h) => h.at >= nowMs - s * 1000).map((h) => h.rec);
+    const upTo = Math.min(...within(policy.scaleUpStabilizationSeconds));
+    const downTo = Math.max(...within(policy.scaleDownStabilizationSeconds));
+    let desired = o.current;
+    let reason = `pressure ${o.pressure.toFixed(3)} vs target ${policy.targetKVPressure} over ${o.ready} ready: recommendation ${rec}`;
+    if (upTo > o.current) {
+      desired = Math.min(upTo, Math.max(1, 2 * o.current));
+      reason += `; up to ${desired}${desired < upTo ? ' (at most 2x per step)' : ''}`;
+    } else if (downTo < o.current && o.ready < o.current) {
+      // pods are still starting: they were asked for on evidence; judge the fleet once they serve
+      reason += `; scale-down to ${downTo} held while ${o.current - o.ready} pods are not ready`;
+    } else if (downTo < o.current) {
+      desired = downTo;
+      reason += `; down to ${desired}`;
+    } else if (rec !== o.current) {
+      reason += `; held by the ${rec > o.current ? 'up' : 'down'} stabilization window`;
+    }
+    return { desired: clamp(desired), recommendation: rec, reason };
+  }
+}
+
+/** The least-loaded workers first: least running + waiting work, then the lowest KV pressure, then by id. */
+export function drainOrder(workers: readonly WorkerSnapshot[]): WorkerSnapshot[] {
+  const load = (w: WorkerSnapshot) => (w.total_pages - w.free_pages + w.reserved_pages) / Math.max(1, w.total_pages);
+  return [...workers].sort((a, b) => (a.running + a.waiting) - (b.running + b.waiting) || load(a) - load(b)
+    || a.worker_id.localeCompare(b.worker_id));
+}
+
+interface DrainInProgress {
+  /** the count to set once the drained workers are idle */
+  target: number;
+  pods: string[];
+  startedMs: number;
+  deadlineMs: number;
+}
+
+export interface AutoscalerDeps {
+  custom: Pick<CustomObjectsApi, 'patchNamespacedCustomObjectScale'>;
+  core: Pick<CoreV1Api, 'listNamespacedPod' | 'patchNamespacedPod'>;
+  ledgers: LedgerPool;
+  log: Logger;
+  metrics: OperatorMetrics;
+  now?: () => number;
+  /** how often a drain in progress is checked (default 1 s) */
+  drainPollMs?: number;
+}
+
+const isReady = (p: V1Pod) => p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true;
+
+export class Autoscaler implements FleetAutoscaler {
+  private readonly d: AutoscalerDeps;
+  private readonly deciders = new Map<string, ScaleDecider>();
+  private readonly drains = new Map<string, DrainInProgress>();
+  private readonly desiredGauge: client.Gauge<'namespace' | 'fleet'>;
+  private readonly pressureGauge: client.Gauge<'namespace' | 'fleet'>;
+
+  constructor(deps: AutoscalerDeps) {
+    this.d = deps;
+    const registers = [deps.metrics.registry];
+    this.desiredGauge = new client.Gauge({ name: 'kvfleet_fleet_desired_replicas', help: 'The autoscaler\'s desired worker count',
+      labelNames: ['namespace', 'fleet'], registers });
+    this.pressureGauge = new client.Gauge({ name: 'kvfleet_fleet_kv_pressure', help: 'Fleet KV pressure with the queue term',
+      labelNames: ['namespace', 'fleet'], registers });
+  }
+
+  private now(): number { return this.d.now?.() ?? Date.now(); }
+
+  forget(key: string): void {
+    this.deciders.delete(key);
+    this.drains.delete(key);
+  }
+
+  async step(ctx: ScaleContext): Promise<number | undefined> {
+    const { fleet } = ctx;
+    const key = objectKey(fleet.metadata.namespace, fleet.metadata.name);
+    const log = this.d.log.child({ fleet: key });
+    const a = fleet.spec.autoscaling;
+    const current = fleet.spec.workers.replicas;
+    const pending = this.drains.get(key);
+    if (pending) return this.continueDrain(ctx, pending, log);
+
+    let decider = this.deciders.get(key);
+    if (!decider) { decider = new ScaleDecider(); this.deciders.set(key, decider); }
+    const ready = ctx.workers?.status?.readyReplicas ?? 0;
+    const d = decider.decide(a, { current, ready, pressure: ctx.ledger?.pressure }, this.now());
+    const labels = { namespace: fleet.metadata.namespace, fleet: fleet.metadata.name };
+    this.desiredGauge.set(labels, d.desired);
+    if (ctx.ledger) this.pressureGauge.set(labels, ctx.ledger.pressure);
+    if (d.desired > current) {
+      await this.setReplicas(fleet, d.desired);
+      log.info({ from: current, to: d.desired, reason: d.reason }, 'scaling up');
+      return undefined;
+    }
+    if (d.desired < current) return this.beginDrain(ctx, d.desired, log, d.reason);
+    return undefined;
+  }
+
+  private async setReplicas(fleet: Fleet, replicas: number): Promise<void> {
+    await this.d.custom.patchNamespacedCustomObjectScale({ group: GROUP, version: VERSION, namespace: fleet.metadata.namespace,
+      plural: FLEET.plural, name: fleet.metadata.name, body: { spec: { replicas } } }, MERGE_PATCH);
+  }
+
+  private async beginDrain(ctx: ScaleContext, target: number, log: Logger, reason: string): Promise<number | undefined> {
+    const { fleet } = ctx;
+    const ns = fleet.metadata.namespace;
+    const key = objectKey(ns, fleet.metadata.name);
+    const current = fleet.spec.workers.replicas;
+    const pods = (await this.d.core.listNamespacedPod({ namespace: ns, labelSelector: workerSelector(fleet.metadata.name) })).items
+      .filter((p) => !p.metadata?.deletionTimestamp);
+    // The ReplicaSet removes pods that are not ready before ready ones whatever their deletion cost: those need no
+    // drain. Only the rest of the reduction has to come from ready (serving) workers.
+    const notReady = pods.filter((p) => !isReady(p)).length;
+    const fromReady = Math.max(0, (current - target) - notReady);
+    let chosen: string[] = [];
+    if (fromReady > 0) {
+      if (!ctx.ledger || !ctx.redis) { log.info('scale-down needs the ledger to drain workers; holding'); return undefined; }
+      const readyPods = new Set(pods.filter(isReady).map((p) => p.metadata!.name!));
+      const candidates = drainOrder(ctx.ledger.snapshot.workers.filter((w) => readyPods.has(w.worker_id) && !w.draining));
+      // a ready pod missing from the ledger (no heartbeat yet) carries no work: it may go first
+      const unlisted = [...readyPods].filter((p) => !ctx.ledger!.snapshot.workers.some((w) => w.worker_id === p)).sort();
+      chosen = [...unlisted, ...candidates.map((w) => w.worker_id)].slice(0, fromReady);
+      const ledger = await this.d.ledgers.get(ns, fleet.metadata.name, ctx.redis);
+      for (const id of chosen) await ledger.drain(id, `scale-down from ${current} to ${target}`);
+      log.info({ from: current, to: target, draining: chosen, reason }, 'scale-down: draining workers first');
+    }
+    const now = this.now();
+    const pending: DrainInProgress = { target, pods: chosen, startedMs: now, deadlineMs: now + fleet.spec.autoscaling.drainTimeoutSeconds * 1000 };
+    this.drains.set(key, pending);
+    return this.continueDrain(ctx, pending, log);
+  }
+
+  private async continueDrain(ctx: ScaleContext, p: DrainInProgress, log: Logger): Promise<number | undefined> {
+    const { fleet } = ctx;
+    const key = objectKey(fleet.metadata.namespace, fleet.metadata.name);
+    const busy = p.pods.filter((id) => {
+      const w = ctx.ledger?.snapshot.workers.find((x) => x.worker_id === id);
+      // gone from the ledger (exited) counts as idle; an unreadable ledger counts as busy until the deadline
+      return ctx.ledger === undefined ? true : w !== undefined && (w.running > 0 || w.waiting > 0);
+    });
+    const timedOut = this.now() >= p.deadlineMs;
+    if (busy.length > 0 && !timedOut) return this.d.drainPollMs ?? 1000;
+    if (busy.length > 0) log.warn({ busy }, 'drain timeout passed with work still running; scaling down anyway');
+    for (const name of p.pods) {
+      try {
+        await this.d.core.patchNamespacedPod({ namespace: fleet.metadata.namespace, name,
+          body: { metadata: { annotations: { [POD_DELETION_COST]: DRAINED_COST } } } }, MERGE_PATCH);
+      } catch (err) {
+        if (!isNotFound(err)) throw err; // a pod already gone needs no cost
+      }
+    }
+    this.drains.delete(key);
+    if (fleet.spec.workers.replicas !== p.target) {
+      await this.setReplicas(fleet, p.target);
+      log.info({ from: fleet.spec.workers.replicas, to: p.target, drained: p.pods, drainMs: this.now() - p.startedMs }, 'scaled down');
+    }
+    return undefined;
+  }
+}
