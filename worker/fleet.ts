@@ -13,7 +13,7 @@
 // - draining is published by an immediate heartbeat, not the next periodic one.
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import { DEFAULTS, LedgerError, RedisLedger, type LedgerEvent, type Subscription, type WorkerFields } from '../ledger/index.ts';
+import { DEFAULTS, LedgerError, RedisLedger, type Ledger, type LedgerEvent, type Subscription, type WorkerFields } from '../ledger/index.ts';
 import { FleetBudgets } from './budgets.ts';
 import type { CapacitySnapshot } from './scheduler.ts';
 
@@ -21,7 +21,13 @@ import type { CapacitySnapshot } from './scheduler.ts';
 const MAX_PENDING_IDS = 100_000;
 
 export interface FleetMemberOptions {
-  redisUrl: string;
+  /** the fleet's Redis; this member opens and owns its connection. Exactly one of redisUrl and ledger. */
+  redisUrl?: string;
+  // --- in-process ledger (kvfleet up without Redis) ---
+  /** a ledger instance to join through instead of Redis (a MemoryLedger on a backend the router shares, in one
+   *  process); the caller owns it: close() leaves the fleet but does not close it */
+  ledger?: Ledger;
+  // --- end in-process ledger ---
   /** the Redis password (from --redis-password-file); overrides one in the URL */
   redisPassword?: string;
   namespace: string;
@@ -59,10 +65,11 @@ function addBounded(set: Set<string>, id: string): void {
 }
 
 export class FleetMember {
-  readonly ledger: RedisLedger;
+  readonly ledger: Ledger;
   readonly budgets: FleetBudgets;
   private readonly o: FleetMemberOptions;
-  private readonly redis: Redis;
+  /** undefined when joined through a given ledger instance */
+  private readonly redis: Redis | undefined;
   private readonly log: Logger;
   private readonly admittedIds = new Set<string>();
   private readonly rejectedIds = new Set<string>();
@@ -84,9 +91,12 @@ export class FleetMember {
   private constructor(o: FleetMemberOptions) {
     this.o = o;
     this.log = o.log.child({ fleet: `${o.namespace}/${o.fleet}`, worker_id: o.workerId });
+    if ((o.redisUrl === undefined) === (o.ledger === undefined)) throw new TypeError('FleetMember: give exactly one of redisUrl and ledger');
+    this.budgets = new FleetBudgets(`${o.namespace}/${o.fleet}`, this.log);
+    if (o.ledger !== undefined) { this.ledger = o.ledger; this.redis = undefined; return; }
     // One connection for heartbeats and reads, owned here (RedisLedger gets it as a client, so it does not close it).
     // Fail fast while disconnected: a heartbeat that cannot be delivered is simply retried by the next one.
-    this.redis = new Redis(o.redisUrl, {
+    this.redis = new Redis(o.redisUrl!, {
       ...RedisLedger.clientOptions({ commandTimeoutMs: 2000 }),
       ...(o.redisPassword !== undefined ? { password: o.redisPassword } : {}),
     });
@@ -94,7 +104,6 @@ export class FleetMember {
       redis: this.redis, namespace: o.namespace, fleet: o.fleet,
       onError: (e) => this.ledgerDown(e),
     });
-    this.budgets = new FleetBudgets(`${o.namespace}/${o.fleet}`, this.log);
   }
 
   /**
@@ -105,7 +114,7 @@ export class FleetMember {
   static async start(o: FleetMemberOptions, connectTimeoutMs = 5000): Promise<FleetMember> {
     const f = new FleetMember(o);
     try {
-      await f.ledger.ready(connectTimeoutMs);
+      if (f.ledger instanceof RedisLedger) await f.ledger.ready(connectTimeoutMs);
     } catch (err) {
       f.ledgerDown(err);
     }
@@ -119,7 +128,7 @@ export class FleetMember {
     f.timers.push(setInterval(() => { f.wanted = true; void f.pump(); }, o.heartbeatMs));
     f.timers.push(setInterval(() => { void f.refreshBudgets(); }, o.budgetRefreshMs));
     for (const t of f.timers) t.unref();
-    f.log.info({ redis: redactUrl(o.redisUrl), addr: o.addr, heartbeat_ms: o.heartbeatMs, connected: !f.down },
+    f.log.info({ redis: o.redisUrl !== undefined ? redactUrl(o.redisUrl) : '(in-process ledger)', addr: o.addr, heartbeat_ms: o.heartbeatMs, connected: !f.down },
       'joined the fleet ledger');
     return f;
   }
@@ -209,11 +218,17 @@ export class FleetMember {
       do {
         this.readAgain = false;
         try {
-          const k = this.ledger.keys;
-          const res = await this.redis.multi().hgetall(k.budgets).get(k.budget).exec();
-          if (res === null) throw new LedgerError('unavailable', 'budget read: transaction aborted');
-          for (const [err] of res) if (err) throw err;
-          this.budgets.replace(res[0][1] as Record<string, string>, res[1][1] as string | null);
+          if (this.redis !== undefined && this.ledger instanceof RedisLedger) {
+            const k = this.ledger.keys;
+            const res = await this.redis.multi().hgetall(k.budgets).get(k.budget).exec();
+            if (res === null) throw new LedgerError('unavailable', 'budget read: transaction aborted');
+            for (const [err] of res) if (err) throw err;
+            this.budgets.replace(res[0][1] as Record<string, string>, res[1][1] as string | null);
+          } else {
+            // in-process ledger: two reads in one tick of a single-threaded store, so they see one state
+            const [specs, def] = await Promise.all([this.ledger.listBudgets(), this.ledger.getDefaultBudget()]);
+            this.budgets.replace(Object.fromEntries(Object.entries(specs).map(([n, spec]) => [n, JSON.stringify(spec)])), def);
+          }
         } catch (err) {
           this.ledgerDown(err instanceof LedgerError ? err : new LedgerError('unavailable', `budget read failed: ${(err as Error).message}`));
         }
@@ -266,7 +281,9 @@ export class FleetMember {
       this.log.warn({ err: (err as Error).message }, 'could not remove this worker from the ledger; its entry expires on its own');
     }
     await this.sub?.close().catch(() => undefined);
+    if (this.redis === undefined) return;  // a given ledger stays open: its owner closes it
+    const redis = this.redis;
     await this.ledger.close();
-    await this.redis.quit().catch(() => this.redis.disconnect());
+    await redis.quit().catch(() => redis.disconnect());
   }
 }

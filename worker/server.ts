@@ -31,6 +31,7 @@ import { BudgetsUnavailableError } from './budgets.ts';
 import { FleetMember } from './fleet.ts';
 import { WorkerMetrics } from './metrics.ts';
 import { bearerAuthInterceptor, readSecretFile, serverCredentials } from './security.ts';
+import type { Ledger } from '../ledger/index.ts';
 
 /** grpc.max_receive_message_length: larger requests are refused by grpc-js with RESOURCE_EXHAUSTED. */
 export const MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -64,6 +65,11 @@ export interface RunningWorker {
 
 export interface StartOptions {
   logger?: Logger;
+  // --- in-process ledger (kvfleet up without Redis) ---
+  /** join the fleet of this ledger instance (its namespace/fleet) instead of --redis/--fleet: the in-memory ledger
+   *  a one-process local stack shares between its router and workers. The caller owns it and closes it. */
+  ledger?: Ledger;
+  // --- end in-process ledger ---
 }
 
 /** Pool size for the engine from the options (config.ts documents the defaults). */
@@ -309,10 +315,11 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
         + `(${(err as Error).message}); 0 turns metrics off`);
     }
   }
-  const fn = fleetName(cfg);
-  if (cfg.redis !== undefined && fn !== undefined) {
+  const fn = opts.ledger !== undefined ? { namespace: opts.ledger.namespace, fleet: opts.ledger.fleet } : fleetName(cfg);
+  if ((cfg.redis !== undefined || opts.ledger !== undefined) && fn !== undefined) {
     fleet = await FleetMember.start({
-      redisUrl: cfg.redis, redisPassword, namespace: fn.namespace, fleet: fn.fleet, workerId, addr: advertised,
+      ...(opts.ledger !== undefined ? { ledger: opts.ledger } : { redisUrl: cfg.redis, redisPassword }),
+      namespace: fn.namespace, fleet: fn.fleet, workerId, addr: advertised,
       heartbeatMs: cfg.heartbeatMs, budgetRefreshMs: cfg.budgetRefreshMs, log,
       capacity: snapshot, draining: () => draining || scheduler.draining, queued: () => scheduler.waitingIds(),
       onDrainOrder: () => { void drain(); },
