@@ -151,6 +151,19 @@ inline void matmul_cols(float* out, const float* x, int32_t T, const Weight& W, 
 inline float kv_load(const void* base, DType t, size_t i) {
   return t == DType::F32 ? static_cast<const float*>(base)[i] : f16_to_f32(static_cast<const uint16_t*>(base)[i]);
 }
+// One K or V row of d elements, widened to fp32 (8 halves per instruction with F16C).
+inline void kv_load_row(const void* base, DType t, size_t off, float* out, int32_t d) {
+  if (t == DType::F32) {
+    std::memcpy(out, static_cast<const float*>(base) + off, (size_t)d * sizeof(float));
+    return;
+  }
+  const uint16_t* h = static_cast<const uint16_t*>(base) + off;
+  int32_t e = 0;
+#ifdef KVF_AVX2
+  for (; e + 8 <= d; e += 8) _mm256_storeu_ps(out + e, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + e))));
+#endif
+  for (; e < d; e++) out[e] = f16_to_f32(h[e]);
+}
 inline void kv_store(void* base, DType t, size_t i, float v) {
   if (t == DType::F32) static_cast<float*>(base)[i] = v;
   else static_cast<uint16_t*>(base)[i] = f32_to_f16(v);
@@ -158,13 +171,30 @@ inline void kv_store(void* base, DType t, size_t i, float v) {
 
 // Fixed-order dot of two fp32 vectors (8 lanes, then the same horizontal sum as matmul).
 inline float dot_f32(const float* a, const float* b, int32_t n) {
-  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int32_t i = 0;
+  float s;
+#ifdef KVF_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  s = hsum8(acc);
+#else
+  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (; i + 8 <= n; i += 8)
     for (int j = 0; j < 8; j++) lanes[j] = std::fma(a[i + j], b[i + j], lanes[j]);
-  float s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+  s = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]));
+#endif
   for (; i < n; i++) s += a[i] * b[i];
   return s;
+}
+
+// o[0..d) += p * v[0..d)
+inline void axpy_f32(float* o, float p, const float* v, int32_t d) {
+  int32_t e = 0;
+#ifdef KVF_AVX2
+  const __m256 pv = _mm256_set1_ps(p);
+  for (; e + 8 <= d; e += 8) _mm256_storeu_ps(o + e, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + e), _mm256_loadu_ps(o + e)));
+#endif
+  for (; e < d; e++) o[e] += p * v[e];
 }
 
 class CpuBackend final : public Backend {
@@ -270,11 +300,7 @@ class CpuBackend final : public Backend {
           const float inv = 1.f / sum;
           float* o = out + ((size_t)i * H + h) * d;
           for (int32_t e = 0; e < d; e++) o[e] = 0;
-          for (int32_t j = 0; j <= i; j++) {
-            const float p = s[j] * inv;
-            const float* vj = v + ((size_t)j * Hk + g) * d;
-            for (int32_t e = 0; e < d; e++) o[e] += p * vj[e];
-          }
+          for (int32_t j = 0; j <= i; j++) axpy_f32(o, s[j] * inv, v + ((size_t)j * Hk + g) * d, d);
         }
     }
   }
@@ -295,7 +321,7 @@ class CpuBackend final : public Backend {
           // scores for the G query heads sharing this KV head; each key row converted once
           for (int32_t j = 0; j < len; j++) {
             const size_t base = (size_t)ph.pages[j / P] * kv.page_elems() + (size_t)(j % P) * d;
-            for (int32_t e = 0; e < d; e++) krow[e] = kv_load(kv.base, kv.dtype, base + e);
+            kv_load_row(kv.base, kv.dtype, base, krow.data(), d);
             for (int32_t r = 0; r < G; r++)
               s[(size_t)r * len + j] = dot_f32(q + ((size_t)b * H + g * G + r) * d, krow.data(), d) * scale;
           }
@@ -312,12 +338,8 @@ class CpuBackend final : public Backend {
           for (int32_t e = 0; e < G * d; e++) o[e] = 0;
           for (int32_t j = 0; j < len; j++) {
             const size_t base = (size_t)ph.pages[j / P] * kv.page_elems() + (size_t)P * d + (size_t)(j % P) * d;
-            for (int32_t e = 0; e < d; e++) krow[e] = kv_load(kv.base, kv.dtype, base + e);  // V row
-            for (int32_t r = 0; r < G; r++) {
-              const float p = s[(size_t)r * len + j];
-              float* orow = o + (size_t)r * d;
-              for (int32_t e = 0; e < d; e++) orow[e] += p * krow[e];
-            }
+            kv_load_row(kv.base, kv.dtype, base, krow.data(), d);  // V row
+            for (int32_t r = 0; r < G; r++) axpy_f32(o + (size_t)r * d, s[(size_t)r * len + j], krow.data(), d);
           }
         }
     }
@@ -357,10 +379,8 @@ class CpuBackend final : public Backend {
     for (int32_t i = 0; i < count; i++) {
       const size_t kb = (size_t)page[i] * kv.page_elems() + (size_t)slot[i] * d;
       const size_t vb = kb + (size_t)kv.P * d;
-      for (int32_t e = 0; e < d; e++) {
-        k_out[(size_t)i * d + e] = kv_load(kv.base, kv.dtype, kb + e);
-        v_out[(size_t)i * d + e] = kv_load(kv.base, kv.dtype, vb + e);
-      }
+      kv_load_row(kv.base, kv.dtype, kb, k_out + (size_t)i * d, d);
+      kv_load_row(kv.base, kv.dtype, vb, v_out + (size_t)i * d, d);
     }
   }
 
