@@ -19,5 +19,4 @@ it('the operator end to end calls what its parts need: apply, status, scale, pod
   // informers watch every namespace; nothing else is listed cluster-wide
   expect(calls.filter((x) => x.verb === 'watch' && x.namespace === '').map((x) => x.resource).sort()).toEqual(expect.arrayContaining(['deployments', 'fleets', 'kvbudgets']));
   expect(calls.every((x) => x.code < 500)).toBe(true);
-
 }, 90_000);
