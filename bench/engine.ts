@@ -68,6 +68,10 @@ function promptOf(n: number, salt: number, V: number): number[] {
 }
 
 export async function run(opts: BenchOptions): Promise<BenchReport> {
+  if (opts.args.vs !== undefined) {  // kvfleet bench engine --vs llama.cpp
+    if (opts.args.vs !== 'llama.cpp') throw new Error(`bench engine: --vs takes 'llama.cpp', got ${String(opts.args.vs)}`);
+    return (await import('./vs-llama.ts')).run(opts);
+  }
   const prefillLens = intList(opts, 'prefill', [512, 2048]);
   const contexts = intList(opts, 'contexts', [1024, 4096]);
   const batches = intList(opts, 'batches', [1, 8]);
