@@ -4,6 +4,9 @@
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { presetConfig, PRESETS } from '../../worker/model/config.ts';
+import { DTYPES } from '../../worker/model/dtype.ts';
+import { modelTensors } from '../../worker/model/synth.ts';
 import type { Supervisor } from './procs.ts';
 
 /** Presets `up` offers, with the weight dtype synth-model writes for them by default. */
@@ -41,9 +44,22 @@ export function checkModelDir(dir: string): string {
 
 function mib(b: number): string { return `${(b / 2 ** 20).toFixed(0)} MiB`; }
 
+/** Bytes of tensor data the preset's model.safetensors will hold (its header aside). */
+export function expectedTensorBytes(preset: UpPreset): number {
+  const dt = DTYPES[UP_PRESETS[preset]];
+  return modelTensors(presetConfig(PRESETS[preset], dt.torch)).reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1) * dt.bytes, 0);
+}
+
+/** Bytes written under dir so far (the safetensors file is written under a temporary name, then renamed). */
+function bytesUnder(dir: string): number {
+  let n = 0;
+  try { for (const f of readdirSync(dir)) n += statSync(path.join(dir, f)).size; } catch { /* not created yet */ }
+  return n;
+}
+
 /**
  * The cached synthetic model of this preset, written on first use. `progress` gets a line about once a second
- * while writing (bytes of model.safetensors so far); `expectBytes` is the size it will have, when known.
+ * while writing (bytes written so far, of the expected total), then a final one.
  */
 export async function ensureSyntheticModel(sup: Supervisor, preset: UpPreset, o: {
   env?: NodeJS.ProcessEnv; nodeArgs: string[]; progress(line: string, final: boolean): void;
@@ -56,11 +72,12 @@ export async function ensureSyntheticModel(sup: Supervisor, preset: UpPreset, o:
   const [cmd, ...pre] = o.nodeArgs;
   const t0 = Date.now();
   const child = sup.spawn(`synth-model-${preset}`, cmd, [...pre, 'synth-model', '--out', tmp, '--preset', preset]);
+  const total = expectedTensorBytes(preset);
   const timer = setInterval(() => {
-    let size = 0;
-    try { size = statSync(path.join(tmp, 'model.safetensors')).size; } catch { /* not created yet */ }
-    o.progress(`writing the synthetic ${preset} model to ${dir}: ${mib(size)} so far, ${((Date.now() - t0) / 1000).toFixed(0)} s`, false);
-  }, 1000);
+    const size = bytesUnder(tmp);
+    o.progress(`writing the synthetic ${preset} model to ${dir}: ${mib(size)} of ${mib(total)} `
+      + `(${Math.min(100, (100 * size) / total).toFixed(0)}%), ${((Date.now() - t0) / 1000).toFixed(0)} s`, false);
+  }, 500);
   const { code, signal } = await child.exited;
   clearInterval(timer);
   if (code !== 0) {

@@ -151,8 +151,10 @@ describe('kvfleet up', () => {
       expect(pids).toEqual({ up: up.pid });
       expect(childPids(up.pid)).toEqual([]);
 
-      const r = await clientJson(port, ['--prompt', 'The KV cache', '--max-new-tokens', '5'], env);
+      // a named budget resolves through the in-memory ledger (up publishes `compact` and `full` there)
+      const r = await clientJson(port, ['--prompt', 'The KV cache', '--max-new-tokens', '5', '--budget', 'full'], env);
       expect(r.token_ids).toHaveLength(5);
+      expect(r.kv_stats.kept_tokens).toBe(r.kv_stats.full_tokens);
       expect(['w0', 'w1']).toContain(r.worker_id);
       const msgs = await grpcGenerate(port, 4);
       expect(msgs.map((m) => m.token_ids?.length ?? 0)).toEqual([1, 1, 1, 1, 0]);
