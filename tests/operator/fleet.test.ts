@@ -289,3 +289,39 @@ describe('Fleet reconciler: status', () => {
     expect(f4.status!.capacityTokens).toBe(640);
   });
 });
+
+describe('Fleet reconciler: replicas and the autoscaler', () => {
+  it('with autoscaling disabled never writes replicas under pressure; enabled, scales up through the scale subresource', async () => {
+    const ns = await c.namespace();
+    const ledger = await RedisLedger.connect({ redis: redisUrl, namespace: ns, fleet: 'llm' });
+    ledgers.push(ledger);
+    await ledger.heartbeat('llm-workers-a', { addr: '10.0.0.1:50051', total_pages: 100, free_pages: 0, page_size: 16, num_layers: 2,
+      num_kv_heads: 2, running: 8, waiting: 8, draining: false }, { ttlMs: 60_000 });
+    await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'llm', { redis: { url: redisUrl }, workers: { replicas: 1 },
+      autoscaling: { enabled: false, scaleUpStabilizationSeconds: 0, maxReplicas: 8 } }) });
+    await running(ns);
+    await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
+    c.server.setDeploymentStatus(ns, 'llm-workers');
+    await eventually(async () => (await getFleet(ns, 'llm')).status?.kvPressure === 2, 'pressure 2 (full pages, queue term 1)', 10_000);
+    await new Promise((r) => setTimeout(r, 1000)); // five status refreshes
+    expect(c.server.calls().filter((x) => x.namespace === ns && x.subresource === 'scale')).toEqual([]);
+    expect((c.server.object('kvfleet.io', 'fleets', ns, 'llm')!.spec as { workers: { replicas: number } }).workers.replicas).toBe(1);
+    // an HPA-style write to the scale subresource reaches the worker Deployment
+    await c.custom.patchNamespacedCustomObjectScale({ ...fleetTarget(ns), name: 'llm', body: { spec: { replicas: 3 } } }, MERGE_PATCH);
+    await eventually(() => (c.server.object('apps', 'deployments', ns, 'llm-workers')!.spec as { replicas: number }).replicas === 3, 'the Deployment at 3');
+    c.server.setDeploymentStatus(ns, 'llm-workers');
+    c.server.clearCalls();
+    await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { autoscaling: { enabled: true } } } }, MERGE_PATCH);
+    // 3 ready at pressure 2 over target 0.7 ask for 9; one step doubles at most: 6; the next step (the 3 new pods
+    // are not ready yet, pressure over the ready ones unchanged) goes on to the maximum, 8
+    const seen: number[] = [];
+    await eventually(() => {
+      const n = (c.server.object('kvfleet.io', 'fleets', ns, 'llm')!.spec as { workers: { replicas: number } }).workers.replicas;
+      if (seen.at(-1) !== n) seen.push(n);
+      return n === 8;
+    }, 'a scale-up to 8', 10_000);
+    const scales = c.server.calls().filter((x) => x.namespace === ns && x.verb === 'patch' && x.resource === 'fleets' && x.subresource === 'scale');
+    expect(scales).toHaveLength(2); // 3 → 6 → 8, nothing in between
+    expect(seen.every((n) => [3, 6, 8].includes(n))).toBe(true);
+  });
+});

@@ -5,6 +5,7 @@
 // pod-deletion-cost), status updates, and the Lease released on stop. Returns the API server's record of the
 // operator's calls: tests/packaging/rbac.test.ts checks the chart's RBAC grants exactly these.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { RedisLedger, type WorkerFields } from '../../ledger/index.ts';
@@ -15,7 +16,8 @@ import { eventually } from '../kube/client.ts';
 import type { JsonObject } from '../kube/patch.ts';
 import { budgetTarget, fleet, fleetTarget, kvBudget, silentLog, startCluster } from './helpers.ts';
 
-export const SCENARIO_FLEET_NS = 'ml';
+/** The Fleets' namespace: unique per run, so concurrent runs never share ledger keys in the one redis-server. */
+export const SCENARIO_FLEET_NS = `ml-${randomUUID().slice(0, 8)}`;
 export const SCENARIO_OPERATOR_NS = 'kvfleet';
 
 export async function operatorScenario(redisUrl: string): Promise<CallRecord[]> {
