@@ -10,4 +10,6 @@ export const benches: Record<string, () => Promise<BenchModule>> = {
   ledger: () => import('./ledger.ts'),
   worker: () => import('./worker.ts'),
   quality: () => import('./quality.ts'),
+  router: () => import('./router.ts'),
+  'routing-sim': () => import('./routing-sim.ts'),
 };
