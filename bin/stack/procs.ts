@@ -29,10 +29,12 @@ export function canListen(host: string, port: number): Promise<string | undefine
   });
 }
 
-/** Resolves once 127.0.0.1:port accepts connections; false after timeoutMs. */
-export async function waitForPort(port: number, timeoutMs: number): Promise<boolean> {
+/** Resolves once 127.0.0.1:port accepts connections; false after timeoutMs, or as soon as `gaveUp()` is true
+ *  (so no polling outlives the process it waits for). */
+export async function waitForPort(port: number, timeoutMs: number, gaveUp: () => boolean = () => false): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
+    if (gaveUp()) return false;
     const ok = await new Promise<boolean>((resolve) => {
       const s = net.connect(port, '127.0.0.1');
       s.once('connect', () => { s.destroy(); resolve(true); });
@@ -181,7 +183,7 @@ export async function startRedisChild(sup: Supervisor, bin: string): Promise<{ c
     const port = await freePort();
     const child = sup.spawn('redis', bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
       '--daemonize', 'no', '--protected-mode', 'yes', '--loglevel', 'warning']);
-    const ready = await Promise.race([waitForPort(port, 10_000), child.exited.then(() => false)]);
+    const ready = await waitForPort(port, 10_000, () => !child.running);
     if (ready && child.running) return { child, url: `redis://127.0.0.1:${port}`, port };
     await sup.stop([[child]], 2000);
     // another process may have taken the port between freePort and redis-server binding it: try another

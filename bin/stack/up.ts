@@ -68,6 +68,36 @@ const READY_TIMEOUT_MS = 180_000;
 
 class Stopped extends Error {}
 
+/**
+ * What was started, stopped in reverse order. Invariant: once drain() has begun nothing new stays running: own()
+ * throws Stopped (the start step ends there), and a resource registered after the drain finished is stopped at once.
+ */
+class Owned {
+  private readonly items: Array<{ what: string; run: () => Promise<unknown> }> = [];
+  private state: 'open' | 'draining' | 'drained' = 'open';
+  /** what drain() stopped, in order */
+  readonly stopped: string[] = [];
+
+  /** Registers a started resource and how to stop it. */
+  own(what: string, run: () => Promise<unknown>): void {
+    if (this.state === 'drained') { run().catch(() => undefined); throw new Stopped(); }
+    this.items.push({ what, run });
+    if (this.state === 'draining') throw new Stopped();  // the drain loop pops it
+  }
+
+  /** Throws Stopped once a stop began: called before each step that would start something. */
+  check(): void { if (this.state !== 'open') throw new Stopped(); }
+
+  async drain(onError: (what: string, err: unknown) => void): Promise<void> {
+    this.state = 'draining';
+    for (let c = this.items.pop(); c !== undefined; c = this.items.pop()) {
+      try { await c.run(); } catch (err) { onError(c.what, err); }
+      this.stopped.push(c.what);
+    }
+    this.state = 'drained';
+  }
+}
+
 /** How to run `kvfleet <args>` as a child: this Node and bin/kvfleet.ts (no shell, no PATH lookup). */
 function kvfleetArgv(): string[] {
   return [process.execPath, fileURLToPath(new URL('../kvfleet.ts', import.meta.url))];
@@ -239,8 +269,7 @@ export async function runUp(f: UpFlags): Promise<void> {
     p.catch(() => undefined);
     return Promise.race([p, stopped.then((): never => { throw new Stopped(); })]);
   };
-  const cleanups: Array<{ what: string; run: () => Promise<unknown> }> = [];
-  const ctl = { stopping: false };
+  const owned = new Owned();
 
   let error: unknown;
   try {
@@ -259,8 +288,8 @@ export async function runUp(f: UpFlags): Promise<void> {
     const pool = await poolFlags(f);
     // 2. the ledger, the workers and the router
     const stack = redisBin !== undefined
-      ? await guard(startProcesses({ f, dir, pool, sup, redisBin, cleanups, ctl }))
-      : await guard(startInProcess({ f, dir, pool, logDir, cleanups, ctl }));
+      ? await guard(startProcesses({ f, dir, pool, sup, redisBin, owned }))
+      : await guard(startInProcess({ f, dir, pool, logDir, owned }));
     if (redisBin === undefined) {
       ui.info(`ledger: in memory (${f.redis ? 'redis-server is not on PATH' : '--no-redis'}); the router and the `
         + `${f.workers} workers run in this process`);
@@ -323,15 +352,22 @@ export async function runUp(f: UpFlags): Promise<void> {
     const t1 = Date.now();
     if (stopSignal !== undefined) ui.info(`kvfleet up: ${stopSignal}: stopping`);
     // the stack in reverse start order, then whatever else is running (a model being written)
-    ctl.stopping = true;  // from here on nothing new is started (a start step still running throws Stopped)
+    // from here on nothing new starts: spawns throw, and a start step still running ends at its next own()/check()
     sup.close();
-    for (const c of [...cleanups].reverse()) {
-      try { await c.run(); } catch (err) { ui.info(`stopping ${c.what}: ${(err as Error).message}`); }
-    }
-    await sup.stop([sup.live], 3000);
+    await owned.drain((what, err) => ui.info(`stopping ${what}: ${(err as Error).message}`));
+    // whatever else is running (a model being written)
+    const others = sup.live;
+    await sup.stop([others], 3000);
+    owned.stopped.push(...others.map((c) => `${c.name} (pid ${c.pid})`));
     for (const s of SIGNALS) process.off(s, onSignal);
     process.off('exit', killAll);
-    ui.info(`kvfleet up: stopped ${cleanups.length > 0 ? [...cleanups].reverse().map((c) => c.what).join(', ') : 'nothing was running'} `
+    // every child has exited and every client is closed; should some handle still hold the event loop (a library
+    // retrying in the background), the command must end anyway
+    setTimeout(() => {
+      process.stderr.write('kvfleet up: something kept the process alive 3 s after the stack stopped; exiting\n');
+      process.exit();
+    }, 3000).unref();
+    ui.info(`kvfleet up: stopped ${owned.stopped.length > 0 ? owned.stopped.join(', ') : 'nothing was running'} `
       + `in ${((Date.now() - t1) / 1000).toFixed(1)} s`);
   }
   if (error !== undefined) throw error;
@@ -341,31 +377,27 @@ interface StartContext {
   f: UpFlags;
   dir: string;
   pool: { kvMemory: string } | { kvMemoryFraction: string };
-  cleanups: Array<{ what: string; run: () => Promise<unknown> }>;
-  /** set when the stack is being stopped: a start step still running must not start anything more */
-  ctl: { stopping: boolean };
-}
-
-/** Throws Stopped once a stop began: called before each step that would start something. */
-function check(ctl: { stopping: boolean }): void {
-  if (ctl.stopping) throw new Stopped();
+  owned: Owned;
 }
 
 /** redis-server, K `kvfleet worker` and one `kvfleet router`, as child processes. */
 async function startProcesses(c: StartContext & { sup: Supervisor; redisBin: string }): Promise<Stack> {
-  const { f, dir, sup, cleanups } = c;
+  const { f, dir, sup, owned } = c;
   const redis = await startRedisChild(sup, c.redisBin);
-  cleanups.push({ what: `redis-server (pid ${redis.child.pid})`, run: () => sup.stop([[redis.child]], 3000) });
+  owned.own(`redis-server (pid ${redis.child.pid})`, () => sup.stop([[redis.child]], 3000));
   const ledger = new RedisLedger({ redis: redis.url, namespace: NAMESPACE, fleet: FLEET_NAME });
-  cleanups.push({ what: 'the ledger client', run: () => ledger.close() });
-  await ledger.ready(10_000);
+  // closed only once its connect attempt has settled: an ioredis client closed while still connecting can go on
+  // reconnecting forever (and keep this process alive); redis-server is stopped after this, so the attempt settles
+  const connected = ledger.ready(10_000);
+  owned.own('the ledger client', async () => { await connected.catch(() => undefined); await ledger.close(); });
+  await connected;
   for (const [name, spec] of Object.entries(UP_BUDGETS)) await ledger.setBudget(name, spec);
-  check(c.ctl);
+  owned.check();
   const node = kvfleetArgv();
   const env = childEnv();
   // the metrics ports are taken together, so the OS hands out distinct ones
   const ports = await Promise.all(Array.from({ length: f.workers + 1 }, () => freePort()));
-  check(c.ctl);
+  owned.check();
   const pool = 'kvMemory' in c.pool ? ['--kv-memory', c.pool.kvMemory] : ['--kv-memory-fraction', c.pool.kvMemoryFraction];
   const workers: Child[] = [];
   const metricsPort = new Map<string, number>();
@@ -376,10 +408,10 @@ async function startProcesses(c: StartContext & { sup: Supervisor; redisBin: str
       '--worker-id', id, '--redis', redis.url, '--fleet', FLEET, '--metrics-port', String(ports[i]), ...pool,
       '--drain-timeout-ms', String(WORKER_DRAIN_MS)], env));
   }
-  cleanups.push({ what: `workers (${workers.map((w) => `${w.name} pid ${w.pid}`).join(', ')})`, run: () => sup.stop([workers], WORKER_DRAIN_MS + 5000) });
+  owned.own(`workers (${workers.map((w) => `${w.name} pid ${w.pid}`).join(', ')})`, () => sup.stop([workers], WORKER_DRAIN_MS + 5000));
   const router = sup.spawn('router', node[0], [...node.slice(1), 'router', '--host', '127.0.0.1', '--port', String(f.port),
     '--redis', redis.url, '--fleet', FLEET, '--tokenizer', dir, '--metrics-port', String(ports[f.workers])], env);
-  cleanups.push({ what: `router (pid ${router.pid})`, run: () => sup.stop([[router]], 5000) });
+  owned.own(`router (pid ${router.pid})`, () => sup.stop([[router]], 5000));
 
   const [routerLine] = await Promise.all([
     router.waitForLine(/^router \S+ listening on (\S+):(\d+)$/, 60_000),
@@ -414,7 +446,7 @@ async function startProcesses(c: StartContext & { sup: Supervisor; redisBin: str
 
 /** The router and K workers in this process, over one in-memory ledger. */
 async function startInProcess(c: StartContext & { logDir: string }): Promise<Stack> {
-  const { f, dir, cleanups } = c;
+  const { f, dir, owned } = c;
   const [{ parseWorkerConfig }, { startWorker }, { parseRouterConfig }, { Router }] = await Promise.all([
     import('../../worker/config.ts'), import('../../worker/server.ts'), import('../../router/config.ts'), import('../../router/router.ts'),
   ]);
@@ -422,9 +454,9 @@ async function startInProcess(c: StartContext & { logDir: string }): Promise<Sta
   const log = pino({ level: 'info' }, pino.destination({ dest: logFile, sync: true }));
   const backend = new MemoryLedgerBackend();
   const ledger = backend.ledger(NAMESPACE, FLEET_NAME);
-  cleanups.push({ what: 'the in-memory ledger', run: () => ledger.close() });
+  owned.own('the in-memory ledger', () => ledger.close());
   for (const [name, spec] of Object.entries(UP_BUDGETS)) await ledger.setBudget(name, spec);
-  check(c.ctl);
+  owned.check();
   type W = Awaited<ReturnType<typeof startWorker>>;
   const pending: Array<Promise<W>> = [];
   for (let i = 0; i < f.workers; i++) {
@@ -434,18 +466,15 @@ async function startInProcess(c: StartContext & { logDir: string }): Promise<Sta
     pending.push(startWorker(cfg, { logger: log.child({ component: 'worker', worker: `w${i}` }), ledger: backend.ledger(NAMESPACE, FLEET_NAME) }));
   }
   // registered before they are up: a stop during the start waits for each and shuts it down
-  cleanups.push({
-    what: `workers (${Array.from({ length: f.workers }, (_, i) => `w${i}`).join(', ')}, in process)`,
-    run: async () => {
-      const ws = (await Promise.allSettled(pending)).flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-      await Promise.all(ws.map((w) => w.shutdown({ graceMs: WORKER_DRAIN_MS })));
-    },
+  owned.own(`workers (${Array.from({ length: f.workers }, (_, i) => `w${i}`).join(', ')}, in process)`, async () => {
+    const ws = (await Promise.allSettled(pending)).flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    await Promise.all(ws.map((w) => w.shutdown({ graceMs: WORKER_DRAIN_MS })));
   });
   const workers = await Promise.all(pending);
-  check(c.ctl);
+  owned.check();
   const rcfg = parseRouterConfig({ host: '127.0.0.1', port: f.port, fleet: FLEET, tokenizer: dir, metricsPort: 0 });
   const routerP = Router.start(rcfg, log.child({ component: 'router' }), backend.ledger(NAMESPACE, FLEET_NAME));
-  cleanups.push({ what: 'router (in process)', run: async () => { await (await routerP.catch(() => undefined))?.close(); } });
+  owned.own('router (in process)', async () => { await (await routerP.catch(() => undefined))?.close(); });
   const router = await routerP;
   return {
     ledger,

@@ -130,6 +130,7 @@ describe('kvfleet up', () => {
       for (const pid of children) expect(pidAlive(pid), `pid ${pid} still alive`).toBe(false);
       expect(up.output()).toMatch(/kvfleet up: SIGTERM: stopping/);
       expect(up.output()).toMatch(/stopped router \(pid \d+\), workers \(w0 pid \d+, w1 pid \d+\), the ledger client, redis-server/);
+      expect(up.output()).not.toMatch(/something kept the process alive/);
     } finally {
       await up.stop(3000);
     }
@@ -165,7 +166,31 @@ describe('kvfleet up', () => {
       up.child.kill('SIGINT');
       expect(await up.exited()).toBe(0);
       expect(up.output()).toMatch(/stopped router \(in process\), workers \(w0, w1, in process\), the in-memory ledger/);
+      expect(up.output()).not.toMatch(/something kept the process alive/);
     } finally {
+      await up.stop(3000);
+    }
+  });
+
+  it('SIGTERM in the middle of the start stops whatever was started and exits 0', async () => {
+    const up = spawnKvfleet(['up', '--preset', 'tiny', '--port', '0', '--kv-memory', '8Mi', '--no-demo',
+      '--log-dir', path.join(tmp, 'logs-abort')], { env: { XDG_CACHE_HOME: cache } });
+    // every child ever seen, polled from /proc while it starts and stops
+    const seen = new Set<number>();
+    const poll = setInterval(() => { try { for (const c of childPids(up.pid)) seen.add(c); } catch { /* exited */ } }, 10);
+    try {
+      await up.waitFor(/model: the synthetic tiny model cached|wrote the synthetic tiny model/, 20_000);
+      for (const t0 = Date.now(); seen.size < 2 && Date.now() - t0 < 10_000;) await new Promise((r) => setTimeout(r, 10));
+      expect(seen.size, 'children started before the signal').toBeGreaterThanOrEqual(2);
+      up.child.kill('SIGTERM');
+      expect(await up.exited()).toBe(0);
+      clearInterval(poll);
+      for (const pid of seen) expect(pidAlive(pid), `pid ${pid} still alive`).toBe(false);
+      expect(up.output()).not.toMatch(/kvfleet up: ready/);
+      expect(up.output()).toMatch(/kvfleet up: SIGTERM: stopping/);
+      expect(up.output()).not.toMatch(/something kept the process alive/);  // no client left retrying
+    } finally {
+      clearInterval(poll);
       await up.stop(3000);
     }
   });
