@@ -322,8 +322,9 @@ export async function runUp(f: UpFlags): Promise<void> {
         ui.demoEnd(`${summaryLine(r)}${ratio !== undefined ? `\nthe request's KV cache held ${ratio.toFixed(2)}x fewer `
           + 'entries than a full cache would have' : ''}`);
       }, (err: unknown) => {
-        ui.demoEnd(`demo failed: ${err instanceof ClientStatusError ? err.message : String(err)}`);
-      }).then(() => ui.info(howTo));
+        // a demo cut short by Ctrl-C is no failure worth a message
+        if (stopSignal === undefined) ui.demoEnd(`demo failed: ${err instanceof ClientStatusError ? err.message : String(err)}`);
+      }).then(() => { if (stopSignal === undefined) ui.info(howTo); });
     } else {
       ui.info(howTo);
     }
@@ -351,8 +352,8 @@ export async function runUp(f: UpFlags): Promise<void> {
     ui.close();
     const t1 = Date.now();
     if (stopSignal !== undefined) ui.info(`kvfleet up: ${stopSignal}: stopping`);
-    // the stack in reverse start order, then whatever else is running (a model being written)
-    // from here on nothing new starts: spawns throw, and a start step still running ends at its next own()/check()
+    // the stack in reverse start order; from here on nothing new starts: spawns throw, and a start step still
+    // running ends at its next own()/check()
     sup.close();
     await owned.drain((what, err) => ui.info(`stopping ${what}: ${(err as Error).message}`));
     // whatever else is running (a model being written)
