@@ -44,6 +44,8 @@ export class Router {
   private readonly clients = new Map<string, GenerationClient>();
   private snapshot: LedgerSnapshot | undefined;
   private lastShape: ModelShape | undefined;
+  // the fleet's budgets, re-read with every snapshot (500 ms): a request costs no ledger round trip to resolve one
+  private budgets: { all: Record<string, BudgetSpec>; def: string | null } | undefined;
   private liveRouters = 1;
   private degraded = false;
   // degraded-mode reservations made by this router: worker id -> request id -> pages
@@ -137,6 +139,8 @@ export class Router {
     try {
       this.liveRouters = await this.ledger.registerRouter(this.id);
       this.snapshot = await this.ledger.snapshot();
+      const [all, def] = await Promise.all([this.ledger.listBudgets(), this.ledger.getDefaultBudget()]);
+      this.budgets = { all, def };
       if (this.degraded) this.log.info('ledger reachable again: leaving degraded mode');
       this.setDegraded(false);
       this.localReserved.clear();
@@ -191,6 +195,15 @@ export class Router {
     if (sel?.selector === 'spec' && sel.spec) return this.checkSpec(sel.spec, 'budget.spec');
     const name = sel?.selector === 'name' ? sel.name : undefined;
     try {
+      const cached = this.budgets;
+      if (cached && !this.degraded) {
+        if (name && cached.all[name]) return this.checkSpec(cached.all[name], `budget '${name}'`);
+        if (!name) {
+          const spec = cached.def ? cached.all[cached.def] : undefined;
+          return spec ? this.checkSpec(spec, `default budget '${cached.def}'`) : { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
+        }
+        // a name not in the cache: maybe allowed since the last refresh; the ledger decides
+      }
       if (name) {
         const spec = await this.ledger.getBudget(name);
         if (!spec) throw new RouterStatusError(grpc.status.NOT_FOUND, `budget '${name}' is not allowed in fleet ${this.config.fleet}`);
