@@ -116,7 +116,9 @@ describe('kvfleet up', () => {
         return JSON.parse(docs[docs.length - 1]) as ReturnType<typeof statusDoc>;
       };
       const served = () => lastDoc().workers.reduce((a, w) => a + (w.requests ?? 0), 0);
-      for (const t0 = Date.now(); served() < 4 && Date.now() - t0 < 10_000;) await new Promise((res) => setTimeout(res, 200));
+      // wait for the counts and for the pages of the last request to show as free (the status lags a heartbeat)
+      const settled = () => served() >= 4 && lastDoc().workers.every((w) => w.free_pages === w.total_pages);
+      for (const t0 = Date.now(); !settled() && Date.now() - t0 < 10_000;) await new Promise((res) => setTimeout(res, 200));
       const last = lastDoc();
       expect(last.workers.map((w) => w.worker_id)).toEqual(['w0', 'w1']);
       for (const w of last.workers) {
