@@ -292,25 +292,52 @@ class CpuBackend final : public Backend {
                     int32_t d) override {
     const int32_t G = H / Hk;
     const float scale = 1.f / std::sqrt((float)d);
+    // Keys transposed per KV head, kt[g][e][j] (j padded to a multiple of 8 with zeros): a query's scores for 8 keys
+    // are then d broadcast FMAs with no horizontal sums. Each score is still one fixed-order sum over e.
+    const int32_t np = (n + 7) & ~7;
+    std::vector<float> kt((size_t)Hk * d * np, 0.f);
+#pragma omp parallel for num_threads(nt_) collapse(2)
+    for (int32_t g = 0; g < Hk; g++)
+      for (int32_t e = 0; e < d; e++) {
+        float* row = kt.data() + ((size_t)g * d + e) * np;
+        for (int32_t j = 0; j < n; j++) row[j] = k[((size_t)j * Hk + g) * d + e];
+      }
 #pragma omp parallel num_threads(nt_)
     {
-      std::vector<float> s((size_t)n);
+      std::vector<float> s((size_t)np);
 #pragma omp for schedule(dynamic, 4) collapse(2)
       for (int32_t h = 0; h < H; h++)
         for (int32_t i = 0; i < n; i++) {
           const int32_t g = h / G;
           const float* qi = q + ((size_t)i * H + h) * d;
+          const float* ktg = kt.data() + (size_t)g * d * np;
+          const int32_t jn = i + 1;  // keys 0..i
+          int32_t j0 = 0;
+#ifdef KVF_AVX2
+          for (; j0 < jn; j0 += 8) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int32_t e = 0; e < d; e++)
+              acc = _mm256_fmadd_ps(_mm256_set1_ps(qi[e]), _mm256_loadu_ps(ktg + (size_t)e * np + j0), acc);
+            _mm256_storeu_ps(s.data() + j0, acc);
+          }
+#else
+          for (; j0 < jn; j0++) {
+            float acc = 0.f;
+            for (int32_t e = 0; e < d; e++) acc = std::fma(qi[e], ktg[(size_t)e * np + j0], acc);
+            s[j0] = acc;
+          }
+#endif
           float mx = -INFINITY;
-          for (int32_t j = 0; j <= i; j++) {
-            s[j] = dot_f32(qi, k + ((size_t)j * Hk + g) * d, d) * scale;
+          for (int32_t j = 0; j < jn; j++) {
+            s[j] *= scale;
             mx = std::max(mx, s[j]);
           }
           float sum = 0;
-          for (int32_t j = 0; j <= i; j++) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+          for (int32_t j = 0; j < jn; j++) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
           const float inv = 1.f / sum;
           float* o = out + ((size_t)i * H + h) * d;
           for (int32_t e = 0; e < d; e++) o[e] = 0;
-          for (int32_t j = 0; j <= i; j++) axpy_f32(o, s[j] * inv, v + ((size_t)j * Hk + g) * d, d);
+          for (int32_t j = 0; j < jn; j++) axpy_f32(o, s[j] * inv, v + ((size_t)j * Hk + g) * d, d);
         }
     }
   }
