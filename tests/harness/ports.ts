@@ -1,19 +1,7 @@
 import net from 'node:net';
 
-/** A port free on 127.0.0.1 right now (the OS picks it). Callers that bind later retry on EADDRINUSE. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      if (addr === null || typeof addr === 'string') { srv.close(); reject(new Error('no port')); return; }
-      const { port } = addr;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+/** A port free on 127.0.0.1 right now (one implementation, shared with `kvfleet up`). */
+export { freePort } from '../../bin/stack/procs.ts';
 
 /** Resolves once something accepts TCP connections on 127.0.0.1:port, or rejects after timeoutMs. */
 export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {

@@ -102,6 +102,27 @@ kvf::SamplingSpec sampling_from_js(const Napi::Value& v) {
   return s;
 }
 
+// Runs fn on a worker thread, keeping any failure as (code, message) for the JS side: no exception leaves Execute.
+struct CaughtError {
+  std::string code, message;
+  bool empty() const { return message.empty(); }
+  template <typename F>
+  void run(F&& fn, const char* doing) {
+    try {
+      fn();
+    } catch (const kvf::Error& e) {
+      code = kvf::error_kind_name(e.kind);
+      message = e.what();
+    } catch (const std::bad_alloc&) {
+      code = "INTERNAL";
+      message = std::string("out of host memory ") + doing;
+    } catch (const std::exception& e) {
+      code = "INTERNAL";
+      message = std::string("internal error (this is a bug): ") + e.what();
+    }
+  }
+};
+
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  public:
   static Napi::FunctionReference* ctor;
@@ -168,18 +189,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     Napi::Promise Promise() { return deferred_.Promise(); }
     void Execute() override {
-      try {
-        result_ = self_->engine_->step(batch_, want_logits_, want_attn_);
-      } catch (const kvf::Error& e) {
-        err_code_ = kvf::error_kind_name(e.kind);
-        err_ = e.what();
-      } catch (const std::bad_alloc&) {
-        err_code_ = "INTERNAL";
-        err_ = "out of host memory during a step";
-      } catch (const std::exception& e) {
-        err_code_ = "INTERNAL";
-        err_ = std::string("internal error (this is a bug): ") + e.what();
-      }
+      err_.run([&] { result_ = self_->engine_->step(batch_, want_logits_, want_attn_); }, "during a step");
     }
     void OnOK() override {
       Napi::Env env = Env();
@@ -187,7 +197,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       self_->snapshot();
       self_->Unref();
       if (!err_.empty()) {
-        deferred_.Reject(js_error(env, err_code_.c_str(), err_).Value());
+        deferred_.Reject(js_error(env, err_.code.c_str(), err_.message).Value());
         return;
       }
       Napi::Object out = Napi::Object::New(env);
@@ -232,7 +242,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     bool want_logits_, want_attn_;
     Napi::Promise::Deferred deferred_;
     kvf::StepResult result_;
-    std::string err_code_, err_;
+    CaughtError err_;
   };
 
   Napi::Value Step(const Napi::CallbackInfo& cb) {
@@ -377,24 +387,12 @@ class LoadWorker : public Napi::AsyncWorker {
       : Napi::AsyncWorker(env), dir_(std::move(dir)), opts_(opts), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
-    try {
-      auto model = kvf::load_model(dir_);
-      engine_ = std::make_unique<kvf::Engine>(model, opts_);
-    } catch (const kvf::Error& e) {
-      err_code_ = kvf::error_kind_name(e.kind);
-      err_ = e.what();
-    } catch (const std::bad_alloc&) {
-      err_code_ = "INTERNAL";
-      err_ = "out of host memory while loading the model";
-    } catch (const std::exception& e) {
-      err_code_ = "INTERNAL";
-      err_ = std::string("internal error (this is a bug): ") + e.what();
-    }
+    err_.run([&] { engine_ = std::make_unique<kvf::Engine>(kvf::load_model(dir_), opts_); }, "while loading the model");
   }
   void OnOK() override {
     Napi::Env env = Env();
     if (!err_.empty()) {
-      deferred_.Reject(js_error(env, err_code_.c_str(), err_).Value());
+      deferred_.Reject(js_error(env, err_.code.c_str(), err_.message).Value());
       return;
     }
     auto ext = Napi::External<kvf::Engine>::New(env, engine_.release());
@@ -407,7 +405,7 @@ class LoadWorker : public Napi::AsyncWorker {
   kvf::EngineOptions opts_;
   Napi::Promise::Deferred deferred_;
   std::unique_ptr<kvf::Engine> engine_;
-  std::string err_code_, err_;
+  CaughtError err_;
 };
 
 Napi::Value LoadEngine(const Napi::CallbackInfo& cb) {
