@@ -6,17 +6,6 @@
 namespace kvf {
 
 namespace {
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
-  double normal() { return std::sqrt(-2.0 * std::log(uniform())) * std::cos(2.0 * M_PI * uniform()); }
-};
 
 struct Arena {
   std::vector<std::vector<uint8_t>> blocks;
@@ -47,7 +36,7 @@ std::shared_ptr<Model> make_random_model(const ModelConfig& cfg, DType dtype, ui
   model->cfg = cfg;
   model->cfg.dtype = dtype;
   model->storage = arena;
-  Rng rng{seed};
+  SeededRng rng{seed};
   auto matrix = [&](int rows, int cols, double scale) {
     Weight w;
     w.rows = rows;

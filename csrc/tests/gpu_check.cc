@@ -29,22 +29,12 @@ using namespace kvf;
 namespace {
 
 // ---- seeded inputs ----
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
-  float normal() { return (float)(std::sqrt(-2.0 * std::log(uniform())) * std::cos(2.0 * M_PI * uniform())); }
-  int32_t below(int32_t n) { return (int32_t)(next() % (uint64_t)n); }
-};
+// the seeded stream of synth_weights.h; normal() widened to float where inputs are made
+using Rng = SeededRng;
 
 std::vector<float> randn(Rng& r, size_t n, float scale = 1.f) {
   std::vector<float> v(n);
-  for (auto& x : v) x = r.normal() * scale;
+  for (auto& x : v) x = (float)r.normal() * scale;
   return v;
 }
 
@@ -124,7 +114,7 @@ Weight make_weight(Rng& r, int rows, int cols, DType dt, float scale) {
   g_weight_store.emplace_back((size_t)rows * cols * dtype_size(dt));
   uint8_t* p = g_weight_store.back().data();
   for (size_t i = 0; i < (size_t)rows * cols; i++) {
-    const float v = r.normal() * scale;
+    const float v = (float)r.normal() * scale;
     if (dt == DType::F32) std::memcpy(p + 4 * i, &v, 4);
     else {
       const uint16_t h = dt == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v);
@@ -332,7 +322,7 @@ struct Store {
     const size_t elems = (size_t)pages * cpu.page_elems();
     host.resize(elems * dtype_size(dt));
     for (size_t i = 0; i < elems; i++) {
-      const float v = r.normal();
+      const float v = (float)r.normal();
       if (dt == DType::F32) std::memcpy(host.data() + 4 * i, &v, 4);
       else {
         const uint16_t h = f32_to_f16(v);
