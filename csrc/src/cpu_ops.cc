@@ -197,6 +197,46 @@ inline void axpy_f32(float* o, float p, const float* v, int32_t d) {
   for (; e < d; e++) o[e] += p * v[e];
 }
 
+
+#ifdef KVF_AVX2
+// Eight 8-lane accumulators (one per key) reduced to one vector whose lane j is the sum of a[j]'s lanes, in a
+// fixed order ((0+1)+(2+3)) + ((4+5)+(6+7)).
+inline __m256 reduce8x8(const __m256 a[8]) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+// exp for x <= 0 (softmax arguments), Cephes-style: 2^n * p(r) with r = x - n ln 2; about 1 ulp on [-87, 0].
+inline __m256 exp8_nonpos(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+  const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+// acc[0..NC) (NC x 8 output columns) += sum over the block's keys j of p[j] * v[j][cols], j in order.
+template <int NC>
+inline void pv_cols(float* o, const float* p, const float* vb, int32_t nk, int32_t d) {
+  __m256 acc[NC];
+  for (int c = 0; c < NC; c++) acc[c] = _mm256_loadu_ps(o + 8 * c);
+  for (int32_t j = 0; j < nk; j++) {
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    const float* vr = vb + (size_t)j * d;
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+  }
+  for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
+}
+#endif
+
 class CpuBackend final : public Backend {
  public:
   // threads: 0 = OpenMP's default. Passed to every parallel region (num_threads), because steps run on whichever
@@ -344,6 +384,129 @@ class CpuBackend final : public Backend {
 
   void attn_decode(float* out, const float* q, int32_t B, int32_t H, int32_t Hk, const PagedHead* heads,
                    const KVStoreDesc& kv) override {
+#ifdef KVF_AVX2
+    if (kv.d % 8 == 0) return attn_decode_avx2(out, q, B, H, Hk, heads, kv);
+#endif
+    attn_decode_scalar(out, q, B, H, Hk, heads, kv);
+  }
+
+#ifdef KVF_AVX2
+  // Keys in blocks of KB: a block's K rows (any page layout) widened once into an L1-sized fp32 scratch, then each
+  // of the G query heads scores 8 keys at a time (8 independent FMA chains, one transposing reduction); the
+  // softmax runs 8 lanes wide; V likewise, with each query head's output columns held in registers over a block.
+  // Every score and output element is summed in one fixed order that depends only on (len, d): batch-invariant.
+  void attn_decode_avx2(float* out, const float* q, int32_t B, int32_t H, int32_t Hk, const PagedHead* heads,
+                        const KVStoreDesc& kv) {
+    constexpr int32_t KB = 64;
+    const int32_t G = H / Hk, d = kv.d, P = kv.P, nc = d / 8;
+    const float scale = 1.f / std::sqrt((float)d);
+#pragma omp parallel num_threads(nt_)
+    {
+      std::vector<float> s;
+      float* blk = static_cast<float*>(std::aligned_alloc(64, (size_t)KB * d * sizeof(float)));
+#pragma omp for schedule(dynamic, 1) collapse(2)
+      for (int32_t b = 0; b < B; b++)
+        for (int32_t g = 0; g < Hk; g++) {
+          const PagedHead& ph = heads[(size_t)b * Hk + g];
+          const int32_t len = ph.len, lp = (len + 7) & ~7;
+          s.assign((size_t)G * lp, 0.f);
+          // rows j0..j0+nk of K (part 0) or V (part P*d), widened into blk; rows PF ahead prefetched, because a
+          // head's pages lie anywhere in the pool and the hardware prefetcher stops at each page's end
+          const size_t es = dtype_size(kv.dtype), row_bytes = (size_t)d * es;
+          auto widen = [&](int32_t j0, int32_t nk, size_t part) {
+            constexpr int32_t PF = 32;
+            for (int32_t j = 0; j < nk; j++) {
+              const int32_t t = j0 + j;
+              if (t + PF < len) {
+                const int32_t tp = t + PF;
+                const char* a = static_cast<const char*>(kv.base) +
+                    ((size_t)ph.pages[tp / P] * kv.page_elems() + part + (size_t)(tp % P) * d) * es;
+                for (size_t off = 0; off < row_bytes; off += 64) _mm_prefetch(a + off, _MM_HINT_T0);
+              }
+              const size_t base = (size_t)ph.pages[t / P] * kv.page_elems() + part + (size_t)(t % P) * d;
+              kv_load_row(kv.base, kv.dtype, base, blk + (size_t)j * d, d);
+            }
+          };
+          for (int32_t j0 = 0; j0 < len; j0 += KB) {
+            const int32_t nk = std::min(KB, len - j0), nk8 = (nk + 7) & ~7;
+            widen(j0, nk, 0);
+            std::fill(blk + (size_t)nk * d, blk + (size_t)nk8 * d, 0.f);
+            for (int32_t r = 0; r < G; r++) {
+              const float* qr = q + ((size_t)b * H + g * G + r) * d;
+              float* sr = s.data() + (size_t)r * lp + j0;
+              for (int32_t jb = 0; jb < nk8; jb += 8) {
+                __m256 acc[8];
+                for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+                const float* kb = blk + (size_t)jb * d;
+                for (int32_t c = 0; c < nc; c++) {
+                  const __m256 qv = _mm256_loadu_ps(qr + 8 * c);
+                  for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(kb + (size_t)i * d + 8 * c), qv, acc[i]);
+                }
+                _mm256_storeu_ps(sr + jb, _mm256_mul_ps(reduce8x8(acc), _mm256_set1_ps(scale)));
+              }
+            }
+          }
+          // softmax per query head: lanes past len are masked to 0 after the exp
+          for (int32_t r = 0; r < G; r++) {
+            float* sr = s.data() + (size_t)r * lp;
+            __m256 mv = _mm256_set1_ps(-INFINITY);
+            for (int32_t j = 0; j < lp; j += 8) {
+              __m256 v = _mm256_loadu_ps(sr + j);
+              if (j + 8 > len) v = _mm256_blendv_ps(v, _mm256_set1_ps(-INFINITY), tail_mask(len - j));
+              mv = _mm256_max_ps(mv, v);
+            }
+            const __m256 mx = _mm256_set1_ps(hmax8(mv));
+            __m256 sv = _mm256_setzero_ps();
+            for (int32_t j = 0; j < lp; j += 8) {
+              __m256 e = exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(sr + j), mx));
+              if (j + 8 > len) e = _mm256_blendv_ps(e, _mm256_setzero_ps(), tail_mask(len - j));
+              _mm256_storeu_ps(sr + j, e);
+              sv = _mm256_add_ps(sv, e);
+            }
+            const __m256 inv = _mm256_set1_ps(1.f / hsum8(sv));
+            for (int32_t j = 0; j < lp; j += 8) _mm256_storeu_ps(sr + j, _mm256_mul_ps(_mm256_loadu_ps(sr + j), inv));
+          }
+          float* o = out + ((size_t)b * H + g * G) * d;
+          std::fill(o, o + (size_t)G * d, 0.f);
+          for (int32_t j0 = 0; j0 < len; j0 += KB) {
+            const int32_t nk = std::min(KB, len - j0);
+            widen(j0, nk, (size_t)P * d);
+            for (int32_t r = 0; r < G; r++) {
+              const float* pr = s.data() + (size_t)r * lp + j0;
+              float* orow = o + (size_t)r * d;
+              int32_t c = 0;
+              for (; c + 8 <= nc; c += 8) pv_cols<8>(orow + 8 * c, pr, blk + 8 * c, nk, d);
+              switch (nc - c) {
+                case 7: pv_cols<7>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
+                case 6: pv_cols<6>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
+                case 5: pv_cols<5>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
+                case 4: pv_cols<4>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
+                case 3: pv_cols<3>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
+                case 2: pv_cols<2>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
+                case 1: pv_cols<1>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
+                default: break;
+              }
+            }
+          }
+        }
+      std::free(blk);
+    }
+  }
+  static __m256 tail_mask(int32_t valid) {  // lanes >= valid set (all ones), lanes < valid clear
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_add_epi32(idx, _mm256_set1_epi32(1)), _mm256_set1_epi32(valid)));
+  }
+  static float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+  }
+#endif
+
+  // Portable path (no AVX2, or a head dim that is not a multiple of 8): one dot product per (query head, key).
+  void attn_decode_scalar(float* out, const float* q, int32_t B, int32_t H, int32_t Hk, const PagedHead* heads,
+                          const KVStoreDesc& kv) {
     const int32_t G = H / Hk, d = kv.d, P = kv.P;
     const float scale = 1.f / std::sqrt((float)d);
 #pragma omp parallel num_threads(nt_)
