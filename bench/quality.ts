@@ -279,7 +279,7 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
     const shares: ProbeResult[] = [];
     const promptInfo: unknown[] = [];
     for (let pi = 0; pi < nPrompts; pi++) {
-      const prompt = heteroPrompt(n, seed * 1000 + pi + 1, V);
+      const prompt = heteroPrompt(n, seed * 1000 + pi + 1, V, seed);
       promptInfo.push({ seed: seed * 1000 + pi + 1, tokens: n,
         salientTokens: Object.fromEntries(HETERO_SUBSETS.map((s, si) => [s.name, prompt.filter((t) => salience[si][t] > 0).length])) });
       // FULL: greedy tokens, reference logits and attention outputs; then the head probe on its cache

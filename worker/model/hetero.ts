@@ -18,6 +18,23 @@
 // keys, on top of the random part q_rand.k_rand / sqrt(d) from the other d - 2p dims, whose std is the head's
 // `noise` (W_q's random rows are scaled by it). Sharp heads: large boost, ~1% subsets; broad heads: small boost,
 // ~30% subsets, low noise.
+//
+// Prompts (heteroPrompt): the tokens of the sharp heads' subsets come in contiguous spans, not one by one.
+// Decided from the design before measuring with it (issue 7; design/ENGINE.md "The hetero preset needs structure"):
+// the preset exists to give the engine the attention structure of a real LLM, and the scoring ENGINE.md makes the
+// default is SnapKV's, whose max pooling (kernel 7) keeps each high-scoring key together with its neighbours
+// because in real text the keys a head favours cluster (multi-token names, numbers, phrases). The first prompts drew
+// every token independently, so each favoured key of a sharp head stood alone: pooling then spent 6 of every 7 kept
+// slots of a sharp head on keys with no attention, and inflated a sharp head's pooled scores ~7x against a broad
+// head's (whose neighbours are salient for it ~30% of the time anyway), an artefact of the synthetic text that no
+// real prompt has. Measured before this change (bench quality, 1 prompt, 16 steps, kernel 7 vs 1 as a diagnostic):
+// SNAPKV error 0.24 -> 0.09 at B=256, i.e. pooling waste dominated every method's error.
+// The rule, fixed once and the same for every method: filler tokens are drawn uniformly from the ids that belong to
+// no sharp subset; a sharp subset s appears only in spans of SPAN_MIN..SPAN_MAX tokens (uniform; mean 4, a
+// multi-token word or entity in BPE text) drawn from its members, round(fraction * n) of its tokens in all (its share
+// of every prompt is exact, so a short prompt cannot lack a subset by chance), the spans and the filler tokens in a
+// seeded random order. The broad subsets (25-30% of the vocabulary) stay spread through the filler as before:
+// being everywhere is what makes a head broad. Nothing else about the model changes.
 import type { HfConfig } from './config.ts';
 import { Rng } from './prng.ts';
 
@@ -49,6 +66,9 @@ export const HETERO_HEADS: readonly (readonly HeteroHead[])[] = [
 ];
 
 export const STRENGTH_MIN = 0.7;
+/** Span lengths (tokens, inclusive) of the sharp subsets' tokens in heteroPrompt. */
+export const SPAN_MIN = 2;
+export const SPAN_MAX = 6;
 export const KAPPA_PAIRS = 2;
 /** Residual rms entering each layer, as measured by `kvfleet bench quality` (residualRms) on its 4K-token prompts. */
 export const LAYER_GAIN: readonly number[] = [1, 1.18, 1.34, 1.54];
@@ -61,7 +81,7 @@ const subsetDim = (s: number) => 1 + s;
 export function heteroParameters() {
   return { shape: HETERO_SHAPE, ropeTheta: 1e6, maxPositionEmbeddings: 8192, dedicatedDims: DEDICATED_DIMS,
     subsets: HETERO_SUBSETS, strengthMin: STRENGTH_MIN, kappaPairs: KAPPA_PAIRS, layerGain: LAYER_GAIN,
-    heads: HETERO_HEADS };
+    heads: HETERO_HEADS, prompt: { sharpSubsetSpans: [SPAN_MIN, SPAN_MAX], sharpSubsets: sharpSubsets().map((i) => HETERO_SUBSETS[i].name) } };
 }
 
 /**
@@ -171,8 +191,42 @@ export function structureTensor(a: Float32Array | Float16Array, name: string, se
   }
 }
 
-/** A seeded prompt of n tokens drawn uniformly from ids 2..V-1, so each subset's share of it is ~its fraction. */
-export function heteroPrompt(n: number, seed: number, V: number = HETERO_SHAPE.V): number[] {
+/** Indices of the subsets some sharp head favours (A..D), ascending. */
+export function sharpSubsets(): number[] {
+  return [...new Set(HETERO_HEADS.flat().filter((h) => h.kind === 'sharp').map((h) => h.subset))].sort((a, b) => a - b);
+}
+
+/**
+ * A seeded prompt of n tokens for the model of seed `modelSeed` (see the header: sharp subsets in spans). Each sharp
+ * subset s gets round(fraction_s * n) tokens, cut into spans of SPAN_MIN..SPAN_MAX tokens (the last one takes the
+ * remainder); the other tokens are filler, uniform over 2..V-1 minus the sharp subsets' members; the spans and the
+ * filler tokens are then put in a seeded random order (Fisher-Yates).
+ */
+export function heteroPrompt(n: number, seed: number, V: number = HETERO_SHAPE.V, modelSeed = 0): number[] {
+  const sal = heteroSalience(modelSeed, V);
+  const sharp = sharpSubsets();
+  const filler: number[] = [];
+  for (let t = 2; t < V; t++) if (sharp.every((s) => sal[s][t] === 0)) filler.push(t);
   const rng = new Rng(seed, 'hetero.prompt');
-  return Array.from({ length: n }, () => 2 + Math.floor((rng.nextU32() / 4294967296) * (V - 2)));
+  const below = (k: number) => Math.floor((rng.nextU32() / 4294967296) * k);   // uniform in 0..k-1
+  const items: number[][] = [];
+  let spanTokens = 0;
+  for (const s of sharp) {
+    const members: number[] = [];
+    for (let t = 2; t < V; t++) if (sal[s][t] > 0) members.push(t);
+    let left = Math.round(HETERO_SUBSETS[s].fraction * n);
+    while (left > 0) {
+      const len = Math.min(left, SPAN_MIN + below(SPAN_MAX - SPAN_MIN + 1));
+      items.push(Array.from({ length: len }, () => members[below(members.length)]));
+      left -= len;
+      spanTokens += len;
+    }
+  }
+  if (spanTokens > n) throw new Error(`heteroPrompt: ${n} tokens cannot hold the sharp subsets' ${spanTokens}`);
+  for (let i = spanTokens; i < n; i++) items.push([filler[below(filler.length)]]);
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = below(i + 1);
+    [items[i], items[j]] = [items[j], items[i]];
+  }
+  return items.flat();
 }
