@@ -2,19 +2,23 @@
 // `{NS/F}`, so every script touches one slot (Redis Cluster safe). The names below are a contract: routers, workers
 // and the operator of other versions read the same keys.
 
-/** Keys of one fleet. `index`, `expiring` and `routers` are ledger-private extensions (same hash tag). */
+/** Keys of one fleet. `index`, `expiring`, `routers`, `prefill` and `tokens` are ledger-private extensions (same
+ *  hash tag). */
 export interface FleetKeys {
   /** `kvfleet:{NS/F}:` — scripts build per-worker keys from it, so they stay in the fleet's slot. */
   readonly prefix: string;
   /** SET of worker ids. */
   readonly workers: string;
   /** HASH per worker: addr, total_pages, free_pages, page_size, num_layers, num_kv_heads, running, waiting,
-   *  draining (0/1), heartbeat_ms, ttl_ms (extension: the PEXPIRE the worker asked for). */
+   *  draining (0/1), heartbeat_ms, ttl_ms (extension: the PEXPIRE the worker asked for), prefill_tokens
+   *  (extension: prompt tokens admitted and not yet prefilled). */
   worker(id: string): string;
   /** ZSET per worker: request id → reservation expiry time (ms, Redis clock). */
   reservations(id: string): string;
   /** HASH per worker: request id → pages reserved. */
   reserved(id: string): string;
+  /** HASH per worker: request id → prompt tokens of the reservation (only reservations made with some). */
+  tokens(id: string): string;
   /** ZSET router id → last-seen time (ms), for the degraded-mode share. */
   readonly routers: string;
   /** HASH budget name → BudgetSpec JSON. */
@@ -30,6 +34,10 @@ export interface FleetKeys {
   /** ZSET `<worker id>\n<request id>` → reservation expiry (ms): every reservation of the fleet by expiry, so a
    *  script can drop all expired ones in O(log N) each and keep `index` exact. */
   readonly expiring: string;
+  /** ZSET worker id → prefill load (the worker's last published prefill_tokens + Σ tokens of its reservations) of
+   *  the same workers as `index` (what least-prefill scans, lowest first). Kept exact by reservations and releases,
+   *  recomputed by every heartbeat. */
+  readonly prefill: string;
 }
 
 const NAME_RE = /^[^\s{}/]+$/;
@@ -66,11 +74,13 @@ export function fleetKeys(namespace: string, fleet: string): FleetKeys {
     worker: (id) => `${prefix}worker:${id}`,
     reservations: (id) => `${prefix}reservations:${id}`,
     reserved: (id) => `${prefix}reserved:${id}`,
+    tokens: (id) => `${prefix}tokens:${id}`,
     routers: `${prefix}routers`,
     budgets: `${prefix}budgets`,
     budget: `${prefix}budget`,
     events: `${prefix}events`,
     index: `${prefix}index`,
     expiring: `${prefix}expiring`,
+    prefill: `${prefix}prefill`,
   };
 }

@@ -1,5 +1,5 @@
 // The ledger's Lua scripts. Each runs atomically inside Redis; times come from Redis TIME only.
-// Common calling convention: KEYS = {index, expiring, workers[, routers]} of one fleet and ARGV[1] = the fleet's key
+// Common calling convention: KEYS = {index, expiring, workers, prefill} of one fleet and ARGV[1] = the fleet's key
 // prefix `kvfleet:{NS/F}:`; per-worker keys are built from the prefix, so every key a script touches carries the
 // fleet's hash tag and lives in one Cluster slot.
 //
@@ -10,26 +10,44 @@
 //    a reservation is expired when its expiry <= now, and every script that reads capacity first drops expired
 //    reservations (each once, O(log N); up to EXPIRE_BATCH per call), so index scores do not count them.
 //  - a pick reserves only when effective free >= need, so Σ reserved <= free_pages as of the last heartbeat.
+//  - prefill holds the same members as index (added, dropped and recomputed together), scored by prefill load =
+//    the worker's last prefill_tokens + Σ tokens:<id>; a reservation's tokens come and go with its pages.
 
 /** Expired reservations dropped per script call at most (memory.ts uses the same bound and order). */
 export const EXPIRE_BATCH = 256;
 
+/** Workers least-prefill looks at per pick: the lowest prefill loads, so a pick stays O(LEAST_PREFILL_SCAN · log N). */
+export const LEAST_PREFILL_SCAN = 16;
+
 const PRELUDE = `
 local PREFIX = ARGV[1]
-local K_INDEX, K_EXP, K_WORKERS = KEYS[1], KEYS[2], KEYS[3]
+local K_INDEX, K_EXP, K_WORKERS, K_PREFILL = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local function k_worker(id) return PREFIX .. 'worker:' .. id end
 local function k_resv(id) return PREFIX .. 'reservations:' .. id end
 local function k_reserved(id) return PREFIX .. 'reserved:' .. id end
+local function k_tokens(id) return PREFIX .. 'tokens:' .. id end
+
+-- A worker leaves the pick index and the prefill index together.
+local function unindex(id)
+  redis.call('ZREM', K_INDEX, id)
+  redis.call('ZREM', K_PREFILL, id)
+end
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Drops one reservation; its pages go back to the worker's index score when the worker is indexed.
+-- Drops one reservation; its pages go back to the worker's index score and its prompt tokens leave the worker's
+-- prefill load, where the worker is indexed.
 local function drop_reservation(id, rid)
   redis.call('ZREM', K_EXP, id .. '\\n' .. rid)
   redis.call('ZREM', k_resv(id), rid)
+  local tokens = redis.call('HGET', k_tokens(id), rid)
+  if tokens then
+    redis.call('HDEL', k_tokens(id), rid)
+    if redis.call('ZSCORE', K_PREFILL, id) then redis.call('ZINCRBY', K_PREFILL, -tonumber(tokens), id) end
+  end
   local pages = redis.call('HGET', k_reserved(id), rid)
   if not pages then return 0 end
   pages = tonumber(pages)
@@ -53,23 +71,24 @@ end
 local function pickable_addr(id, now)
   local h = redis.call('HMGET', k_worker(id), 'addr', 'heartbeat_ms', 'ttl_ms', 'draining')
   if not h[1] then
-    redis.call('ZREM', K_INDEX, id)
+    unindex(id)
     redis.call('SREM', K_WORKERS, id)
     return nil
   end
   local hb, ttl = tonumber(h[2]), tonumber(h[3])
   if (not hb) or (not ttl) or now - hb > ttl or h[4] == '1' then
-    redis.call('ZREM', K_INDEX, id)
+    unindex(id)
     return nil
   end
   return h[1]
 end
 `;
 
-/** pick: ARGV = prefix, need_pages, request_id, ttl_ms, policy, random seed. Returns {id, addr, effective_free_after}
- *  or nil. */
+/** pick: ARGV = prefix, need_pages, request_id, ttl_ms, policy, random seed, prompt tokens. Returns {id, addr,
+ *  effective_free_after} or nil. */
 export const PICK = PRELUDE + `
 local need, rid, ttl, policy = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local tokens = tonumber(ARGV[7]) or 0
 local now = now_ms()
 expire_due(now)
 
@@ -80,8 +99,18 @@ local function reserve(id, addr)
   redis.call('HSET', k_reserved(id), rid, need)
   redis.call('ZADD', k_resv(id), exp, rid)
   redis.call('ZADD', K_EXP, exp, id .. '\\n' .. rid)
+  if tokens > 0 then
+    redis.call('HSET', k_tokens(id), rid, tokens)
+    if redis.call('ZSCORE', K_PREFILL, id) then redis.call('ZINCRBY', K_PREFILL, tokens, id) end
+  end
   local after = redis.call('ZINCRBY', K_INDEX, -need, id)
   return {id, addr, tonumber(after)}
+end
+
+local function most_free()
+  local top = redis.call('ZREVRANGE', K_INDEX, 0, 0, 'WITHSCORES')
+  if #top == 0 or tonumber(top[2]) < need then return nil end
+  return top[1]
 end
 
 -- Each loop either returns or removes one index entry, so it ends.
@@ -116,12 +145,33 @@ elseif policy == 'p2c' then
       return reserve(ea[1], addr_a)
     end
   end
+elseif policy == 'least-prefill' then
+  while true do
+    -- the lowest prefill loads (score, then member bytes); of those that fit: the least load, then the most free
+    local cand = redis.call('ZRANGE', K_PREFILL, 0, ${LEAST_PREFILL_SCAN - 1}, 'WITHSCORES')
+    local best, best_load, best_free
+    for j = 1, #cand, 2 do
+      local free = redis.call('ZSCORE', K_INDEX, cand[j])
+      if free then
+        local load = tonumber(cand[j + 1])
+        free = tonumber(free)
+        if free >= need and ((not best) or load < best_load or (load == best_load and free > best_free)) then
+          best, best_load, best_free = cand[j], load, free
+        end
+      end
+    end
+    -- none of them fits: the largest effective free, as most-free
+    if not best then best = most_free() end
+    if not best then return false end
+    local addr = pickable_addr(best, now)
+    if addr then return reserve(best, addr) end
+  end
 else
   while true do
-    local top = redis.call('ZREVRANGE', K_INDEX, 0, 0, 'WITHSCORES')
-    if #top == 0 or tonumber(top[2]) < need then return false end
-    local addr = pickable_addr(top[1], now)
-    if addr then return reserve(top[1], addr) end
+    local id = most_free()
+    if not id then return false end
+    local addr = pickable_addr(id, now)
+    if addr then return reserve(id, addr) end
   end
 end
 `;
@@ -157,14 +207,17 @@ while i <= #ARGV do
   end
   i = i + 1
 end
--- the index score is recomputed from scratch here, so any drift is healed every heartbeat
+-- the index and prefill scores are recomputed from scratch here, so any drift is healed every heartbeat
 local sum = 0
 for _, v in ipairs(redis.call('HVALS', kr)) do sum = sum + tonumber(v) end
 local eff = tonumber(redis.call('HGET', wk, 'free_pages')) - sum
+local load = tonumber(redis.call('HGET', wk, 'prefill_tokens')) or 0
+for _, v in ipairs(redis.call('HVALS', k_tokens(id))) do load = load + tonumber(v) end
 if redis.call('HGET', wk, 'draining') == '1' then
-  redis.call('ZREM', K_INDEX, id)
+  unindex(id)
 else
   redis.call('ZADD', K_INDEX, eff, id)
+  redis.call('ZADD', K_PREFILL, load, id)
 end
 return {eff, sum, now}
 `;
@@ -178,7 +231,7 @@ return drop_reservation(ARGV[2], ARGV[3])
 export const REMOVE_WORKER = PRELUDE + `
 redis.call('DEL', k_worker(ARGV[2]))
 redis.call('SREM', K_WORKERS, ARGV[2])
-redis.call('ZREM', K_INDEX, ARGV[2])
+unindex(ARGV[2])
 return 1
 `;
 
@@ -192,7 +245,7 @@ for _, id in ipairs(redis.call('SMEMBERS', K_WORKERS)) do
   local h = redis.call('HGETALL', k_worker(id))
   if #h == 0 then
     redis.call('SREM', K_WORKERS, id)
-    redis.call('ZREM', K_INDEX, id)
+    unindex(id)
   else
     local hb, ttl
     for j = 1, #h, 2 do
@@ -204,7 +257,7 @@ for _, id in ipairs(redis.call('SMEMBERS', K_WORKERS)) do
       for _, v in ipairs(vals) do sum = sum + tonumber(v) end
       out[#out + 1] = {id, h, sum, #vals}
     else
-      redis.call('ZREM', K_INDEX, id)
+      unindex(id)
     end
   end
 end

@@ -4,7 +4,7 @@
 // several "clients" of one fleet) share it. The logic mirrors ledger/lua.ts step for step, tie-breaks included.
 import type { BudgetSpec } from '../proto/index.ts';
 import { checkRequestId, checkWorkerId, fleetKeys } from './keys.ts';
-import { EXPIRE_BATCH } from './lua.ts';
+import { EXPIRE_BATCH, LEAST_PREFILL_SCAN } from './lua.ts';
 import {
   BudgetSpecSchema, DEFAULTS, LedgerError, checkBudgetName, checkPages, checkPolicy, checkTtl, checkWorkerFields, parseBudget, parseLedgerEvent,
   type HeartbeatOptions, type HeartbeatResult, type Ledger, type LedgerEvent, type LedgerSnapshot, type PickOptions,
@@ -23,7 +23,8 @@ export class VirtualClock {
 }
 
 interface WorkerRecord { fields: WorkerFields; heartbeat_ms: number; ttl_ms: number }
-interface Reservation { pages: number; expires_ms: number }
+/** tokens: the prompt tokens it was picked with (0: none, the `tokens:<id>` hash has no entry) */
+interface Reservation { pages: number; expires_ms: number; tokens: number }
 
 interface FleetState {
   /** the workers SET; a worker id may stay here after its hash expired, until something meets it */
@@ -34,6 +35,8 @@ interface FleetState {
   reserved: Map<string, Map<string, Reservation>>;
   /** the pick index: worker id → effective free pages */
   index: Map<string, number>;
+  /** the prefill index (same members as index): worker id → prefill_tokens + Σ reservation tokens */
+  prefill: Map<string, number>;
   routers: Map<string, number>;
   budgets: Map<string, string>;
   defaultBudget: string | null;
@@ -68,7 +71,7 @@ export class MemoryLedgerBackend {
   fleet(prefix: string): FleetState {
     let f = this.fleets.get(prefix);
     if (!f) {
-      f = { members: new Set(), workers: new Map(), reserved: new Map(), index: new Map(), routers: new Map(),
+      f = { members: new Set(), workers: new Map(), reserved: new Map(), index: new Map(), prefill: new Map(), routers: new Map(),
         budgets: new Map(), defaultBudget: null };
       this.fleets.set(prefix, f);
     }
@@ -120,12 +123,19 @@ export class MemoryLedger implements Ledger {
   }
 
   // ---- the Lua prelude, mirrored ----
+  private static unindex(s: FleetState, id: string): void {
+    s.index.delete(id);
+    s.prefill.delete(id);
+  }
+
   private static dropReservation(s: FleetState, id: string, rid: string): number {
     const m = s.reserved.get(id);
     const r = m?.get(rid);
     if (!m || !r) return 0;
     m.delete(rid);
     if (m.size === 0) s.reserved.delete(id);
+    const load = s.prefill.get(id);
+    if (r.tokens > 0 && load !== undefined) s.prefill.set(id, load - r.tokens);
     const score = s.index.get(id);
     if (score !== undefined) s.index.set(id, score + r.pages);
     return r.pages;
@@ -150,14 +160,19 @@ export class MemoryLedger implements Ledger {
 
   private static pickableAddr(s: FleetState, id: string, now: number): string | null {
     const w = MemoryLedger.liveRecord(s, id, now);
-    if (!w) { s.index.delete(id); s.members.delete(id); return null; }
-    if (w.fields.draining) { s.index.delete(id); return null; }
+    if (!w) { MemoryLedger.unindex(s, id); s.members.delete(id); return null; }
+    if (w.fields.draining) { MemoryLedger.unindex(s, id); return null; }
     return w.fields.addr;
   }
 
   /** The index in ZSET order: score ascending, then member bytes ascending. */
   private static sortedIndex(s: FleetState): [string, number][] {
-    return [...s.index].sort((a, b) => a[1] - b[1] || cmpBytes(a[0], b[0]));
+    return MemoryLedger.zsetOrder(s.index);
+  }
+
+  /** A ZSET's order: score ascending, then member bytes ascending. */
+  private static zsetOrder(m: Map<string, number>): [string, number][] {
+    return [...m].sort((a, b) => a[1] - b[1] || cmpBytes(a[0], b[0]));
   }
 
   async heartbeat(workerId: string, fields: WorkerFields, opts: HeartbeatOptions = {}): Promise<HeartbeatResult> {
@@ -182,9 +197,11 @@ export class MemoryLedger implements Ledger {
       if (r) r.expires_ms = Math.max(r.expires_ms, now + rttl);
     }
     let sum = 0;
-    for (const r of m?.values() ?? []) sum += r.pages;
+    let load = fields.prefill_tokens ?? 0;
+    for (const r of m?.values() ?? []) { sum += r.pages; load += r.tokens; }
     const eff = fields.free_pages - sum;
-    if (fields.draining) s.index.delete(workerId); else s.index.set(workerId, eff);
+    if (fields.draining) MemoryLedger.unindex(s, workerId);
+    else { s.index.set(workerId, eff); s.prefill.set(workerId, load); }
     return { effective_free: eff, reserved_pages: sum, now_ms: now };
   }
 
@@ -195,6 +212,8 @@ export class MemoryLedger implements Ledger {
     checkTtl('pick ttlMs', ttl);
     const policy = opts.policy ?? DEFAULTS.policy;
     checkPolicy(policy);
+    const tokens = opts.promptTokens ?? 0;
+    checkPages('pick promptTokens', tokens, 0);
     const s = this.state('pick');
     const now = this.backend.now();
     MemoryLedger.expireDue(s, now);
@@ -203,7 +222,9 @@ export class MemoryLedger implements Ledger {
       MemoryLedger.dropReservation(s, id, requestId);
       let m = s.reserved.get(id);
       if (!m) { m = new Map(); s.reserved.set(id, m); }
-      m.set(requestId, { pages: needPages, expires_ms: now + ttl });
+      m.set(requestId, { pages: needPages, expires_ms: now + ttl, tokens });
+      const load = s.prefill.get(id);
+      if (tokens > 0 && load !== undefined) s.prefill.set(id, load + tokens);
       const after = s.index.get(id)! - needPages;
       s.index.set(id, after);
       return { worker_id: id, addr, effective_free_after: after };
@@ -231,6 +252,17 @@ export class MemoryLedger implements Ledger {
         const addrA = MemoryLedger.pickableAddr(s, ida, now);
         const addrB = b !== a ? MemoryLedger.pickableAddr(s, idb, now) : addrA;
         if (addrA !== null && addrB !== null) return sb > sa ? reserve(idb, addrB) : reserve(ida, addrA);
+      } else if (policy === 'least-prefill') {
+        let best: { id: string; load: number; free: number } | undefined;
+        for (const [id, load] of MemoryLedger.zsetOrder(s.prefill).slice(0, LEAST_PREFILL_SCAN)) {
+          const free = s.index.get(id);
+          if (free === undefined || free < needPages) continue;
+          if (!best || load < best.load || (load === best.load && free > best.free)) best = { id, load, free };
+        }
+        // none of them fits: the largest effective free, as most-free (one exists: fitFrom >= 0)
+        const id = best?.id ?? sorted[sorted.length - 1][0];
+        const addr = MemoryLedger.pickableAddr(s, id, now);
+        if (addr !== null) return reserve(id, addr);
       } else {
         const [id] = sorted[sorted.length - 1];
         const addr = MemoryLedger.pickableAddr(s, id, now);
@@ -250,7 +282,7 @@ export class MemoryLedger implements Ledger {
     const s = this.state('removeWorker');
     s.workers.delete(workerId);
     s.members.delete(workerId);
-    s.index.delete(workerId);
+    MemoryLedger.unindex(s, workerId);
   }
 
   async snapshot(): Promise<LedgerSnapshot> {
@@ -260,11 +292,11 @@ export class MemoryLedger implements Ledger {
     const workers: WorkerSnapshot[] = [];
     for (const id of [...s.members]) {
       const w = MemoryLedger.liveRecord(s, id, now);
-      if (!w) { s.members.delete(id); s.index.delete(id); continue; }
+      if (!w) { s.members.delete(id); MemoryLedger.unindex(s, id); continue; }
       let sum = 0; let count = 0;
       for (const r of s.reserved.get(id)?.values() ?? []) { sum += r.pages; count++; }
       workers.push({ ...w.fields, worker_id: id, heartbeat_ms: w.heartbeat_ms, reserved_pages: sum, reservations: count,
-        effective_free: w.fields.free_pages - sum });
+        effective_free: w.fields.free_pages - sum, prefill_tokens: w.fields.prefill_tokens ?? 0 });
     }
     workers.sort((a, b) => cmpBytes(a.worker_id, b.worker_id));
     return { now_ms: now, workers };

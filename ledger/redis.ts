@@ -72,7 +72,9 @@ type WorkerNumberField = 'total_pages' | 'free_pages' | 'page_size' | 'num_layer
 function workerFieldArgs(f: WorkerFields): string[] {
   return ['addr', f.addr, 'total_pages', String(f.total_pages), 'free_pages', String(f.free_pages),
     'page_size', String(f.page_size), 'num_layers', String(f.num_layers), 'num_kv_heads', String(f.num_kv_heads),
-    'running', String(f.running), 'waiting', String(f.waiting), 'draining', f.draining ? '1' : '0'];
+    'running', String(f.running), 'waiting', String(f.waiting), 'draining', f.draining ? '1' : '0',
+    // always written, so a worker that stops publishing it does not leave an old value behind
+    'prefill_tokens', String(f.prefill_tokens ?? 0)];
 }
 
 export class RedisLedger implements Ledger {
@@ -177,7 +179,7 @@ export class RedisLedger implements Ledger {
   }
 
   private get fleetScriptKeys(): string[] {
-    return [this.keys.index, this.keys.expiring, this.keys.workers];
+    return [this.keys.index, this.keys.expiring, this.keys.workers, this.keys.prefill];
   }
 
   async heartbeat(workerId: string, fields: WorkerFields, opts: HeartbeatOptions = {}): Promise<HeartbeatResult> {
@@ -203,9 +205,11 @@ export class RedisLedger implements Ledger {
     checkTtl('pick ttlMs', ttl);
     const policy = opts.policy ?? DEFAULTS.policy;
     checkPolicy(policy);
+    const tokens = opts.promptTokens ?? 0;
+    checkPages('pick promptTokens', tokens, 0);
     // p2c's randomness comes from the client as a seed: the script is deterministic given its arguments.
     const reply = await this.run(SCRIPTS.pick, this.fleetScriptKeys, [this.keys.prefix, needPages, requestId, ttl, policy,
-      policy === 'p2c' ? randomInt(1, 2 ** 31 - 1) : 0]) as unknown[] | null;
+      policy === 'p2c' ? randomInt(1, 2 ** 31 - 1) : 0, tokens]) as unknown[] | null;
     if (reply === null) return null;
     if (!Array.isArray(reply) || reply.length !== 3) throw new LedgerError('invalid_reply', `ledger pick: unexpected reply ${JSON.stringify(reply)}`);
     return { worker_id: String(reply[0]), addr: String(reply[1]), effective_free_after: toInt(reply[2], 'pick') };
@@ -242,6 +246,7 @@ export class RedisLedger implements Ledger {
         draining: h.draining === '1', heartbeat_ms: num('heartbeat_ms'),
         reserved_pages: toInt(reserved, 'snapshot reserved'), reservations: toInt(count, 'snapshot reservations'),
         effective_free: 0,
+        prefill_tokens: h.prefill_tokens === undefined ? 0 : toInt(h.prefill_tokens, `snapshot worker '${worker_id}' field prefill_tokens`),
       };
       w.effective_free = w.free_pages - w.reserved_pages;
       workers.push(w);

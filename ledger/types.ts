@@ -3,8 +3,12 @@
 import { z } from 'zod';
 import type { BudgetSpec } from '../proto/index.ts';
 
-export type PickPolicy = 'most-free' | 'best-fit' | 'p2c';
-export const PICK_POLICIES: readonly PickPolicy[] = ['most-free', 'best-fit', 'p2c'];
+/** most-free (default): the largest effective free; best-fit: the smallest that fits; p2c: the larger of two random
+ *  fitting workers; least-prefill (extension): of the LEAST_PREFILL_SCAN workers with the fewest prompt tokens
+ *  waiting to be prefilled (the last heartbeat's `prefill_tokens` + the prompt tokens of live reservations), one
+ *  that fits, the fewest tokens first, then the largest effective free; when none of them fits, most-free. */
+export type PickPolicy = 'most-free' | 'best-fit' | 'p2c' | 'least-prefill';
+export const PICK_POLICIES: readonly PickPolicy[] = ['most-free', 'best-fit', 'p2c', 'least-prefill'];
 
 export const DEFAULTS = {
   /** worker hash PEXPIRE; a worker without a heartbeat for this long is stale and never picked */
@@ -30,6 +34,10 @@ export interface WorkerFields {
   running: number;
   waiting: number;
   draining: boolean;
+  /** Extension (least-prefill): prompt tokens of admitted requests still to be prefilled (a prefill part-way through
+   *  its layers counts the remaining fraction; requests preempted back into the queue count whole). Absent = 0;
+   *  snapshots always carry it (0 when the worker published none). */
+  prefill_tokens?: number;
 }
 
 export interface HeartbeatOptions {
@@ -57,6 +65,9 @@ export interface PickOptions {
   /** reservation lifetime (default 30 s) */
   ttlMs?: number;
   policy?: PickPolicy;
+  /** The request's prompt tokens, kept with the reservation: prefill work the worker has been promised (what
+   *  least-prefill weighs); default 0. */
+  promptTokens?: number;
 }
 
 export interface PickResult {
@@ -212,6 +223,7 @@ export function checkWorkerFields(f: WorkerFields): void {
   for (const k of ['total_pages', 'free_pages', 'page_size', 'num_layers', 'num_kv_heads', 'running', 'waiting'] as const) {
     checkPages(`worker field ${k}`, f[k], 0);
   }
+  if (f.prefill_tokens !== undefined) checkPages('worker field prefill_tokens', f.prefill_tokens, 0);
   if (typeof f.draining !== 'boolean') throw new TypeError('worker field draining must be a boolean');
 }
 

@@ -234,15 +234,16 @@ export class Router {
     }
   }
 
-  /** Picks a worker with room, waiting up to maxQueueMs; degraded mode picks from the last snapshot. */
-  private async place(need: number, requestId: string, exclude: Set<string>): Promise<PickResult> {
+  /** Picks a worker with room, waiting up to maxQueueMs; degraded mode picks from the last snapshot. promptTokens
+   *  go with the reservation (the prefill work promised to the worker, which least-prefill weighs). */
+  private async place(need: number, promptTokens: number, requestId: string, exclude: Set<string>): Promise<PickResult> {
     const t0 = performance.now();
     const deadline = Date.now() + this.config.maxQueueMs;
     let wait = 10;
     for (;;) {
       let picked: PickResult | null = null;
       try {
-        if (!this.degraded) picked = await this.ledger.pick(need, requestId, { policy: this.config.policy as PickPolicy, ttlMs: this.config.reservationTtlMs });
+        if (!this.degraded) picked = await this.ledger.pick(need, requestId, { policy: this.config.policy as PickPolicy, ttlMs: this.config.reservationTtlMs, promptTokens });
       } catch (err) {
         if (!(err instanceof LedgerError && err.code === 'unavailable')) throw err;
         this.setDegraded(true);
@@ -331,7 +332,7 @@ export class Router {
     let firstToken = true;
     for (let attempt = 1; ; attempt++) {
       const need = requestFootprintPages(await this.shape(Date.now() + this.config.maxQueueMs), spec, prompt.length, m);
-      const picked = await this.place(need, requestId, exclude);
+      const picked = await this.place(need, prompt.length, requestId, exclude);
       const outcome = await this.forward(call, picked, {
         request_id: requestId, token_ids: { ids: prompt }, sampling, budget: { spec }, resume_token_ids: streamed,
       }, (tokens) => {

@@ -177,7 +177,7 @@ export class FleetMember {
     const fields: WorkerFields = {
       addr: this.o.addr, total_pages: c.totalPages, free_pages: c.freePages, page_size: c.pageSize,
       num_layers: c.numLayers, num_kv_heads: c.numKvHeads, running: c.running, waiting: c.waiting,
-      draining: this.o.draining(),
+      draining: this.o.draining(), prefill_tokens: c.prefillTokens,
     };
     const admitted = [...this.admittedIds];
     const rejected = [...this.rejectedIds];

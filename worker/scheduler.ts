@@ -106,6 +106,10 @@ export interface CapacitySnapshot {
   heldPages: number;
   pageSize: number; numLayers: number; numKvHeads: number;
   running: number; waiting: number;
+  /** Prompt tokens admitted and not yet prefilled: Σ over prefilling requests of n · (layers left / L), plus the
+   *  whole prompt of requests preempted back into the queue (their reservations are gone), rounded up. Requests
+   *  queued on their first arrival are left out: the router's reservations carry their prompt tokens. */
+  prefillTokens: number;
 }
 
 interface Entry {
@@ -126,6 +130,8 @@ interface Entry {
   /** Pages the request needs when (re)admitted optimistically: its prompt plus the tokens it replays. */
   admitPages: number;
   cancelled: boolean;
+  /** it was preempted back into the queue (prefillTokens counts it) */
+  preempted: boolean;
 }
 
 export class Scheduler {
@@ -160,7 +166,7 @@ export class Scheduler {
     this.snap = {
       totalPages: p.totalPages, freePages: p.freePages, reservedPages: 0, heldPages: p.totalPages - p.freePages,
       pageSize: p.pageSize,
-      numLayers: p.numLayers, numKvHeads: p.numKvHeads, running: 0, waiting: 0,
+      numLayers: p.numLayers, numKvHeads: p.numKvHeads, running: 0, waiting: 0, prefillTokens: 0,
     };
     this.loopDone = this.loop();
   }
@@ -180,7 +186,14 @@ export class Scheduler {
 
   capacity(): CapacitySnapshot {
     return { ...this.snap, running: this.running.length, waiting: this.waiting.length,
-      reservedPages: this.waiting.reduce((a, e) => a + e.footprint, 0) };
+      reservedPages: this.waiting.reduce((a, e) => a + e.footprint, 0), prefillTokens: this.prefillTokens() };
+  }
+
+  private prefillTokens(): number {
+    let t = 0;
+    for (const e of this.running) if (e.prefilling) t += (e.req.prompt.length * (this.L - e.layersDone)) / this.L;
+    for (const e of this.waiting) if (e.preempted) t += e.req.prompt.length;
+    return Math.ceil(t);
   }
 
   /**
@@ -198,7 +211,7 @@ export class Scheduler {
     }
     const e: Entry = {
       req, sink, arrival: this.arrivals++, generated: [...req.resume], footprint, state: 'waiting', seq: -1,
-      replayLeft: 0, prefilling: false, layersDone: 0, plannedLayers: 0, admitPages: 0, cancelled: false,
+      replayLeft: 0, prefilling: false, layersDone: 0, plannedLayers: 0, admitPages: 0, cancelled: false, preempted: false,
     };
     this.waiting.push(e);
     this.st.maxWaiting = Math.max(this.st.maxWaiting, this.waiting.length);
@@ -420,6 +433,7 @@ export class Scheduler {
     if (e.cancelled) { e.state = 'done'; return; }
     e.state = 'waiting';
     e.seq = -1;
+    e.preempted = true;
     this.log.debug({ request_id: e.req.requestId, generated: e.generated.length, why }, 'preempted by recompute');
     // keep arrival order: a preempted request goes ahead of everything that arrived after it
     let i = 0;

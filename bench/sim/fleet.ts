@@ -1,8 +1,9 @@
 // The routing simulation: a discrete-event run of one router in front of simulated workers (worker.ts) on a
-// virtual clock. Capacity-aware policies (most-free, best-fit, p2c) go through the REAL placement code: a
-// MemoryLedger (the exact semantics of the Redis scripts) on a VirtualClock, fed by the workers' heartbeats every
-// heartbeatMs (free_pages, admitted and queued ids, as worker/fleet.ts sends them), picked with the request's
-// footprint from ledger/footprint.ts, released when the stream ends (as router/router.ts does). A pick that finds no
+// virtual clock. Capacity-aware policies (most-free, best-fit, p2c, least-prefill) go through the REAL placement
+// code: a MemoryLedger (the exact semantics of the Redis scripts) on a VirtualClock, fed by the workers' heartbeats
+// every heartbeatMs (free_pages, prefill_tokens, admitted and queued ids, as worker/fleet.ts sends them), picked
+// with the request's footprint from ledger/footprint.ts and its prompt tokens, released when the stream ends (as
+// router/router.ts does). A pick that finds no
 // room waits and tries again on the router's backoff (10 ms doubling to 100 ms, router/router.ts place()), with no
 // give-up: a client answered RESOURCE_EXHAUSTED would retry, and its time to first token counts from its first try.
 // Baselines that ignore capacity: round-robin, and least-requests (fewest requests placed and not finished; ties
@@ -23,8 +24,8 @@ import { SimWorker, type Admission, type CostModel, type ModelShape, type SimReq
 import type { BudgetSpec } from '../../proto/index.ts';
 
 export type Policy = PickPolicy | 'round-robin' | 'least-requests';
-export const SIM_POLICIES: readonly Policy[] = ['most-free', 'best-fit', 'p2c', 'round-robin', 'least-requests'];
-export const CAPACITY_AWARE: ReadonlySet<Policy> = new Set<Policy>(['most-free', 'best-fit', 'p2c']);
+export const SIM_POLICIES: readonly Policy[] = ['most-free', 'best-fit', 'p2c', 'least-prefill', 'round-robin', 'least-requests'];
+export const CAPACITY_AWARE: ReadonlySet<Policy> = new Set<Policy>(['most-free', 'best-fit', 'p2c', 'least-prefill']);
 
 export interface SimConfig {
   /** pages of each worker's pool (one entry per worker) */
@@ -208,7 +209,7 @@ export async function simulate(cfg: SimConfig): Promise<{ result: SimResult; ttf
   const tryPick = async (wt: Waiting): Promise<void> => {
     wt.pending = false;
     picks++;
-    const r = await ledger.pick(wt.req.footprint, wt.req.id, { policy: cfg.policy as PickPolicy });
+    const r = await ledger.pick(wt.req.footprint, wt.req.id, { policy: cfg.policy as PickPolicy, promptTokens: wt.req.n });
     if (r) {
       waiting.delete(wt);
       place(wt.req, byId.get(r.worker_id)!);
@@ -259,7 +260,7 @@ export async function simulate(cfg: SimConfig): Promise<{ result: SimResult; ttf
   const heartbeat = async (w: SimWorker): Promise<void> => {
     await ledger.heartbeat(w.id, {
       addr: `${w.id}:7000`, total_pages: w.totalPages, free_pages: w.freePages(), page_size: cfg.shape.P,
-      num_layers: cfg.shape.L, num_kv_heads: cfg.shape.Hk, running: w.runningCount, waiting: w.waitingCount, draining: false,
+      num_layers: cfg.shape.L, num_kv_heads: cfg.shape.Hk, running: w.runningCount, waiting: w.waitingCount, draining: false, prefill_tokens: w.prefillTokens(),
     }, { admitted: w.takeAdmitted(), queued: w.queuedIds() });
     changed();
   };

@@ -9,7 +9,9 @@
 // - optimistic admission: the prompt's pages (plus replayed tokens) must fit, keeping one page per (layer, KV head)
 //   of headroom per running decode; a decode that finds no page preempts the newest running request (recompute: its
 //   pages go back, it requeues in arrival order and replays its tokens as forced decode steps before new ones);
-// - free_pages published to the ledger = uncommitted pages (reserve) or the pool's free pages (optimistic).
+// - free_pages published to the ledger = uncommitted pages (reserve) or the pool's free pages (optimistic);
+//   prefill_tokens = prompt tokens admitted and not yet prefilled (n · layers left / L of each prefilling request,
+//   plus whole prompts preempted back into the queue), as Scheduler.capacity() computes it.
 // Pages a sequence holds: after j prefill layers, j·Hk·ceil(kept/P); once prefilled, L·Hk·ceil((kept + t)/P) with t
 // tokens produced in this admission (every head at the mean length: the footprint's +1 page per head is the Ada
 // spread this model leaves out, so it stays within the footprint). The first token comes out of the step that
@@ -67,6 +69,8 @@ interface Entry {
   replay: number;
   held: number;
   admitPages: number;
+  /** preempted back into the queue (prefillTokens counts it) */
+  preempted: boolean;
 }
 
 export interface WorkerEvents {
@@ -126,7 +130,7 @@ export class SimWorker {
     }
     const kept = Math.min(req.n, budgetTokens(this.o.budget, req.n));
     this.waiting.push({ req, arrival: this.arrivals++, kept, generated: 0, state: 'waiting', prefilling: false,
-      layersDone: 0, plannedLayers: 0, produced: 0, replay: 0, held: 0, admitPages: 0 });
+      layersDone: 0, plannedLayers: 0, produced: 0, replay: 0, held: 0, admitPages: 0, preempted: false });
     this.stats.maxWaiting = Math.max(this.stats.maxWaiting, this.waiting.length);
   }
 
@@ -144,6 +148,14 @@ export class SimWorker {
 
   get runningCount(): number { return this.running.length; }
   get waitingCount(): number { return this.waiting.length; }
+  /** What the heartbeat publishes as prefill_tokens (worker/scheduler.ts capacity().prefillTokens). */
+  prefillTokens(): number {
+    const { L } = this.o.shape;
+    let t = 0;
+    for (const e of this.running) if (e.prefilling) t += (e.req.n * (L - e.layersDone)) / L;
+    for (const e of this.waiting) if (e.preempted) t += e.req.n;
+    return Math.ceil(t);
+  }
   queuedIds(): string[] { return this.waiting.map((e) => e.req.id); }
   /** Ids admitted since the last call (the heartbeat's `admitted` list). */
   takeAdmitted(): string[] { const a = this.admittedIds; this.admittedIds = []; return a; }
@@ -274,6 +286,7 @@ export class SimWorker {
     e.held = 0;
     this.running = this.running.filter((x) => x !== e);
     e.state = 'waiting';
+    e.preempted = true;
     this.stats.preemptions++;
     // keep arrival order: a preempted request goes ahead of everything that arrived after it
     let i = 0;

@@ -97,7 +97,7 @@ export type BudgetMethod = (typeof BUDGET_METHODS)[number];
 // ---- Fleet ------------------------------------------------------------------------------------------------------
 
 export const ADMISSIONS = ['reserve', 'optimistic'] as const;
-export const PICK_POLICIES = ['most-free', 'best-fit', 'p2c'] as const;
+export const PICK_POLICIES = ['most-free', 'best-fit', 'p2c', 'least-prefill'] as const;
 export const SERVICE_TYPES = ['ClusterIP', 'NodePort', 'LoadBalancer'] as const;
 
 const toleration = object({

@@ -115,4 +115,36 @@ describe('simulated worker admission', () => {
     expect(w.stats.preemptions).toBeGreaterThan(0);
     expect(w.stats.overcommittedAdmissions).toBeGreaterThan(0);
   });
+
+  it('prefill tokens: a split prompt counts the layers it has left, a waiting one whole, as worker/scheduler.ts does', () => {
+    // 2048 tokens through 32 layers per step: a 4096-token prompt gets 16 layers per step and leaves no budget
+    const long = req('long', 4096, 4), short = req('short', 100, 4);
+    const w = new SimWorker(opts('reserve', 10 * long.footprint));
+    w.submit(long); w.submit(short);
+    expect(w.prefillTokens()).toBe(0);   // queued on arrival: the router's reservations carry their tokens
+    const seen: number[] = [];
+    let t = 0;
+    for (let i = 0; i < 4; i++) {
+      t += w.beginStep(t)!;
+      seen.push(w.prefillTokens());
+      w.endStep(t, { firstToken: () => {}, finished: () => {} });
+    }
+    // planned: long's layers 0-15 | 16-31 | short whole | decodes only
+    expect(seen).toEqual([4096 + 100, 2048 + 100, 100, 0]);
+    expect(w.prefillTokens()).toBe(0);
+  });
+
+  it('prefill tokens: a request preempted back into the queue counts its whole prompt', () => {
+    const a = req('a', 1024, 1024), b = req('b', 1024, 1024);
+    const w = new SimWorker(opts('optimistic', Math.floor((a.footprint + b.footprint) * 0.7)));
+    w.submit(a); w.submit(b);
+    let t = 0;
+    while (w.stats.preemptions === 0) {
+      t += w.beginStep(t)!;
+      w.endStep(t, { firstToken: () => {}, finished: () => {} });
+    }
+    // b (the newest) went back into the queue with all of its prompt to prefill again; a is decoding
+    expect(w.queuedIds()).toEqual(['b']);
+    expect(w.prefillTokens()).toBe(1024);
+  });
 });

@@ -68,6 +68,7 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       expect(snap.workers[0]).toMatchObject({
         worker_id: 'w1', addr: '10.0.0.1:7000', total_pages: 1000, free_pages: 400, page_size: 16, num_layers: 2,
         num_kv_heads: 2, running: 3, waiting: 1, draining: false, reserved_pages: 30, reservations: 1, effective_free: 370,
+        prefill_tokens: 0,   // published none
       });
       expect(snap.workers[0].heartbeat_ms).toBe(hb.now_ms);
       expect(snap.now_ms).toBeGreaterThanOrEqual(hb.now_ms);
@@ -84,9 +85,63 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       expect(await ledger.pick(20, 'b1', { policy: 'best-fit' })).toEqual({ worker_id: 'b', addr: 'b:1', effective_free_after: 20 });
       expect(await ledger.pick(10, 'b2', { policy: 'best-fit' })).toEqual({ worker_id: 'c', addr: 'c:1', effective_free_after: 5 });
       expect(await ledger.pick(20, 'b3', { policy: 'best-fit' })).toEqual({ worker_id: 'b', addr: 'b:1', effective_free_after: 0 });
-      for (const policy of ['most-free', 'best-fit', 'p2c'] as PickPolicy[]) {
+      for (const policy of ['most-free', 'best-fit', 'p2c', 'least-prefill'] as PickPolicy[]) {
         expect(await ledger.pick(61, `none-${policy}`, { policy })).toBeNull();
       }
+    });
+
+    it('least-prefill picks the fitting worker with the fewest prompt tokens to prefill, reservations counted at once', async () => {
+      const lp = { policy: 'least-prefill' } as const;
+      await ledger.heartbeat('a', fields(100, { addr: 'a:1', prefill_tokens: 500 }), { ttlMs: LONG });
+      await ledger.heartbeat('b', fields(60, { addr: 'b:1' }), { ttlMs: LONG });
+      await ledger.heartbeat('c', fields(50, { addr: 'c:1' }), { ttlMs: LONG });
+      // b and c have nothing to prefill: the tie goes to the larger effective free (b), never to a (most free)
+      expect(await ledger.pick(40, 'r1', { ...lp, promptTokens: 300 })).toEqual({ worker_id: 'b', addr: 'b:1', effective_free_after: 20 });
+      // r1's 300 tokens count on b at once (a router's picks between two heartbeats spread out)
+      expect(await ledger.pick(10, 'r2', { ...lp, promptTokens: 300 })).toEqual({ worker_id: 'c', addr: 'c:1', effective_free_after: 40 });
+      // b and c at 300 tokens each: the larger effective free, c
+      expect((await ledger.pick(10, 'r3', { ...lp, promptTokens: 100 }))?.worker_id).toBe('c');
+      // a worker with fewer tokens but no room is passed over: b (300) cannot hold 25 pages, c (400) can
+      expect((await ledger.pick(25, 'r4', { ...lp, promptTokens: 1 }))?.worker_id).toBe('c');
+      // a release takes the tokens back with the pages: b is at 0 again
+      expect(await ledger.release('b', 'r1')).toBe(40);
+      expect((await ledger.pick(10, 'r5', lp))?.worker_id).toBe('b');   // no promptTokens: adds no load
+      // the heartbeat replaces what the worker admitted by what it still has to prefill: b 1000, c 401, a 500
+      await ledger.heartbeat('b', fields(50, { addr: 'b:1', prefill_tokens: 1000 }), { ttlMs: LONG, admitted: ['r5'] });
+      expect((await ledger.pick(1, 'r6', lp))?.worker_id).toBe('c');
+      await ledger.heartbeat('c', fields(50, { addr: 'c:1', prefill_tokens: 900 }), { ttlMs: LONG, admitted: ['r2', 'r3', 'r4', 'r6'] });
+      expect((await ledger.pick(1, 'r7', lp))?.worker_id).toBe('a');
+      const snap = await ledger.snapshot();
+      expect(snap.workers.map((w) => [w.worker_id, w.prefill_tokens, w.effective_free])).toEqual([['a', 500, 99], ['b', 1000, 50], ['c', 900, 50]]);
+      expect(await ledger.pick(101, 'none', lp)).toBeNull();
+    });
+
+    it('least-prefill: expired reservations and draining take a worker\'s tokens away', async () => {
+      const lp = { policy: 'least-prefill' } as const;
+      await ledger.heartbeat('w', fields(100, { addr: 'w:1' }), { ttlMs: LONG });
+      await ledger.heartbeat('x', fields(100, { addr: 'x:1', prefill_tokens: 500 }), { ttlMs: LONG });
+      expect((await ledger.pick(10, 'short', { ...lp, promptTokens: 1000, ttlMs: 200 }))?.worker_id).toBe('w');
+      expect((await ledger.pick(10, 'r1', lp))?.worker_id).toBe('x');   // w 1000 > x 500
+      await ledger.release('x', 'r1');
+      await h.advance(300);
+      expect((await ledger.pick(10, 'r2', lp))?.worker_id).toBe('w');   // 'short' expired: w 0
+      await ledger.heartbeat('w', fields(100, { addr: 'w:1', draining: true }), { ttlMs: LONG });
+      expect((await ledger.pick(10, 'r3', { ...lp, promptTokens: 5 }))?.worker_id).toBe('x');
+      // back from draining: its load is recomputed (r2 has no tokens) and it is picked again
+      await ledger.heartbeat('w', fields(100, { addr: 'w:1' }), { ttlMs: LONG });
+      expect((await ledger.pick(10, 'r4', lp))?.worker_id).toBe('w');
+    });
+
+    it('least-prefill looks at the 16 least-loaded workers only; when none of them fits it picks as most-free', async () => {
+      for (let i = 0; i < 16; i++) {
+        await ledger.heartbeat(`l${String(i).padStart(2, '0')}`, fields(10, { prefill_tokens: i }), { ttlMs: LONG });
+      }
+      await ledger.heartbeat('mid', fields(500, { prefill_tokens: 10_000 }), { ttlMs: LONG });
+      await ledger.heartbeat('big', fields(1000, { prefill_tokens: 20_000 }), { ttlMs: LONG });
+      expect((await ledger.pick(50, 'r1', { policy: 'least-prefill', promptTokens: 1 }))?.worker_id).toBe('big');
+      expect((await ledger.pick(5, 'r2', { policy: 'least-prefill', promptTokens: 7 }))?.worker_id).toBe('l00');
+      expect((await ledger.pick(5, 'r3', { policy: 'least-prefill' }))?.worker_id).toBe('l01');
+      expect(await ledger.pick(1001, 'r4', { policy: 'least-prefill' })).toBeNull();
     });
 
     it('p2c takes the larger of two random fitting workers, never the smallest of three', async () => {
@@ -115,15 +170,16 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       for (const [id, f] of Object.entries(free)) await ledger.heartbeat(id, fields(f, { addr: `${id}:1` }), { ttlMs: LONG });
       const clients = await Promise.all(Array.from({ length: 8 }, () => h.open(ns, 'fleet')));
       const granted: Record<string, number> = { w1: 0, w2: 0, w3: 0 };
-      const policies: PickPolicy[] = ['most-free', 'best-fit', 'p2c'];
+      const policies: PickPolicy[] = ['most-free', 'best-fit', 'p2c', 'least-prefill'];
       await Promise.all(clients.map(async (c, ci) => {
         const rand = rng(ci + 1);
         // each client asks for 1..7 pages until even a 1-page request fails
         for (let i = 0; ; i++) {
           let need = 1 + Math.floor(rand() * 7);
-          const policy = policies[(ci + i) % 3];
-          let r = await c.pick(need, `c${ci}-${i}`, { policy });
-          if (r === null && need > 1) { need = 1; r = await c.pick(1, `c${ci}-${i}`, { policy }); }
+          const policy = policies[(ci + i) % policies.length];
+          const promptTokens = Math.floor(rand() * 100);
+          let r = await c.pick(need, `c${ci}-${i}`, { policy, promptTokens });
+          if (r === null && need > 1) { need = 1; r = await c.pick(1, `c${ci}-${i}`, { policy, promptTokens }); }
           if (r === null) return;
           granted[r.worker_id] += need;
           expect(r.effective_free_after).toBeGreaterThanOrEqual(0);
@@ -204,7 +260,7 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       expect((await ledger.pick(10, 'r1'))?.worker_id).toBe('steady');
       expect(await ledger.pick(200, 'r2')).toBeNull();
       expect((await ledger.snapshot()).workers.map((w) => w.worker_id)).toEqual(['steady']);
-      for (const policy of ['best-fit', 'p2c'] as PickPolicy[]) {
+      for (const policy of ['best-fit', 'p2c', 'least-prefill'] as PickPolicy[]) {
         for (let i = 0; i < 10; i++) expect((await ledger.pick(1, `s-${policy}-${i}`, { policy }))?.worker_id).toBe('steady');
       }
       // back: its reservation r0 (30 s) outlived the worker hash and still counts: 500 − 10 − 10
@@ -217,15 +273,15 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       await ledger.heartbeat('d', fields(500), { ttlMs: LONG });
       await ledger.heartbeat('o', fields(50), { ttlMs: LONG });
       await ledger.heartbeat('d', fields(500, { draining: true }), { ttlMs: LONG });
-      for (const policy of ['most-free', 'best-fit', 'p2c'] as PickPolicy[]) {
+      for (const policy of ['most-free', 'best-fit', 'p2c', 'least-prefill'] as PickPolicy[]) {
         for (let i = 0; i < 5; i++) expect((await ledger.pick(1, `x-${policy}-${i}`, { policy }))?.worker_id).toBe('o');
         expect(await ledger.pick(100, `y-${policy}`, { policy })).toBeNull();
       }
       const snap = await ledger.snapshot();
       expect(snap.workers.find((w) => w.worker_id === 'd')).toMatchObject({ draining: true, effective_free: 500 });
-      // the fleet's pressure leaves draining workers out: only 'o' counts, (1000 − 50 + 15) / 1000
+      // the fleet's pressure leaves draining workers out: only 'o' counts, (1000 − 50 + 20) / 1000
       expect(fleetPressure(snap.workers)).toMatchObject({ workers: 1, queue: 0 });
-      expect(fleetPressure(snap.workers).kv).toBeCloseTo(0.965, 10);
+      expect(fleetPressure(snap.workers).kv).toBeCloseTo(0.97, 10);
       await ledger.heartbeat('d', fields(500), { ttlMs: LONG });
       expect((await ledger.pick(100, 'z'))?.worker_id).toBe('d');
     });
@@ -325,6 +381,8 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       await expect(ledger.pick(1.5, 'r')).rejects.toThrow(/needPages/);
       await expect(ledger.pick(1, '')).rejects.toThrow(TypeError);
       await expect(ledger.pick(1, 'r', { policy: 'random' as PickPolicy })).rejects.toThrow(/policy 'random'/);
+      await expect(ledger.pick(1, 'r', { promptTokens: -1 })).rejects.toThrow(/promptTokens/);
+      await expect(ledger.heartbeat('w', fields(1, { prefill_tokens: 0.5 }))).rejects.toThrow(/prefill_tokens/);
       await expect(ledger.heartbeat('a\nb', fields(1))).rejects.toThrow(/newline/);
       await expect(ledger.heartbeat('w', fields(-1))).rejects.toThrow(/free_pages/);
       await expect(ledger.setBudget('b', { method: 'NOPE' } as never)).rejects.toThrow();

@@ -76,6 +76,50 @@ describe('router without workers', () => {
   });
 });
 
+describe('router placement by prompt tokens', () => {
+  it('least-prefill: the reservation carries the prompt tokens until the stream ends', async () => {
+    const net = await import('node:net');
+    const { Redis } = await import('ioredis');
+    const redis = inject('redisUrl');
+    const fleet = `test-${process.pid}/router-tokens`;
+    const [namespace, name] = fleet.split('/');
+    // a "worker" that accepts the connection and never answers: the stream stays open on it, and so does the pick
+    const sockets: import('node:net').Socket[] = [];
+    const hole = net.createServer((sock) => { sockets.push(sock); });
+    await new Promise<void>((r) => hole.listen(0, '127.0.0.1', r));
+    const port = (hole.address() as import('node:net').AddressInfo).port;
+    const ledger = await RedisLedger.connect({ redis, namespace, fleet: name });
+    const raw = new Redis(redis);
+    const router = await Router.start(parseRouterConfig({ port: 0, redis, fleet, policy: 'least-prefill', metricsPort: 0 }),
+      pino({ level: 'silent' }));
+    const c = generationClient(`127.0.0.1:${router.port}`);
+    try {
+      expect(router.config.policy).toBe('least-prefill');
+      await ledger.heartbeat('w-hole', { addr: `127.0.0.1:${port}`, total_pages: 100_000, free_pages: 100_000, page_size: 16,
+        num_layers: 2, num_kv_heads: 2, running: 0, waiting: 0, draining: false }, { ttlMs: 60_000 });
+      const call = c.Generate({ request_id: 'rq-tokens', token_ids: { ids: Array.from({ length: 37 }, (_, i) => 5 + i) } });
+      const ended = new Promise<grpc.ServiceError>((resolve) => { call.on('error', resolve); call.on('data', () => {}); });
+      const key = ledger.keys.tokens('w-hole');
+      const deadline = Date.now() + 5000;
+      while (await raw.hget(key, 'rq-tokens') === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(await raw.hget(key, 'rq-tokens')).toBe('37');
+      expect(Number(await raw.zscore(ledger.keys.prefill, 'w-hole'))).toBe(37);
+      call.cancel();
+      expect((await ended).code).toBe(grpc.status.CANCELLED);
+      while (await raw.hget(key, 'rq-tokens') !== null && Date.now() < deadline + 5000) await new Promise((r) => setTimeout(r, 10));
+      expect(await raw.hget(key, 'rq-tokens')).toBeNull();
+      expect(Number(await raw.zscore(ledger.keys.prefill, 'w-hole'))).toBe(0);
+    } finally {
+      c.close();
+      await router.close();
+      await ledger.close();
+      raw.disconnect();
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => hole.close(() => r()));
+    }
+  });
+});
+
 describe('router auth and TLS', () => {
   it('clients need the router token; the router presents its own token to workers over TLS', async () => {
     const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');

@@ -85,7 +85,7 @@ describe('ledger heartbeat', () => {
       const key = f.ledger.keys.worker('pod-hb');
       const h = await until('the worker hash', async () => { const x = await raw.hgetall(key); return x.addr ? x : undefined; });
       expect(h).toMatchObject({ addr: `127.0.0.1:${t.w.port}`, total_pages: '4096', free_pages: '4096', page_size: String(P),
-        num_layers: String(L), num_kv_heads: String(Hk), running: '0', waiting: '0', draining: '0' });
+        num_layers: String(L), num_kv_heads: String(Hk), running: '0', waiting: '0', draining: '0', prefill_tokens: '0' });
       expect(Number(h.heartbeat_ms)).toBeGreaterThan(0);
       expect(await raw.sismember(f.ledger.keys.workers, 'pod-hb')).toBe(1);
       const pttl = await raw.pttl(key);
@@ -110,7 +110,8 @@ describe('ledger heartbeat', () => {
       const before = Number(await raw.hget(key, 'heartbeat_ms'));
       await until('a heartbeat after the admissions', async () => Number(await raw.hget(key, 'heartbeat_ms')) > before, 3000);
       const e = await entry(f.ledger, 'pod-hb');
-      expect(e).toMatchObject({ free_pages: Number(cap.free_pages), running: 2, waiting: 0, draining: false, total_pages: 4096 });
+      // both prompts are prefilled (their first tokens came): nothing left to prefill
+      expect(e).toMatchObject({ free_pages: Number(cap.free_pages), running: 2, waiting: 0, draining: false, total_pages: 4096, prefill_tokens: 0 });
       s1.call.cancel(); s2.call.cancel();
       await Promise.all([s1.done, s2.done]);
       await until('free pages back in the ledger', async () => (await entry(f.ledger, 'pod-hb'))?.free_pages === 4096, 3000);
