@@ -15,8 +15,8 @@
 // - trace: Poisson arrivals; prompts lognormal (median 1536, sigma 1.1) clipped to 64..32768 tokens; outputs
 //   lognormal (median 192, sigma 0.8) clipped to 32..1024 tokens.
 // Load: the fleet's capacity is the steady completion rate of a saturated run under most-free placement and reserve
-// admission (the product defaults); load levels are fractions of it, the same trace for every policy and both
-// admission modes. The targets compare most-free (the default policy) and least-prefill (the ledger extension that
+// admission (the defaults when this setup was fixed); load levels are fractions of it, the same trace for every policy and both
+// admission modes. The targets compare most-free (the default until session 2) and least-prefill (the router's default since) (the ledger extension that
 // weighs the prompt tokens waiting to be prefilled) with round-robin at 0.85 of capacity, equal pools, reserve.
 // least-prefill was added after this setup's first results were seen (most-free at 0.80 of round-robin's p99, with
 // its p99 made of long prompts queued behind other long prefills: compressed footprints barely grow with the

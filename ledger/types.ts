@@ -3,7 +3,7 @@
 import { z } from 'zod';
 import type { BudgetSpec } from '../proto/index.ts';
 
-/** most-free (default): the largest effective free; best-fit: the smallest that fits; p2c: the larger of two random
+/** most-free (the ledger's default when a pick names no policy; routers default to least-prefill): the largest effective free; best-fit: the smallest that fits; p2c: the larger of two random
  *  fitting workers; least-prefill (extension): of the LEAST_PREFILL_SCAN workers with the fewest prompt tokens
  *  waiting to be prefilled (the last heartbeat's `prefill_tokens` + the prompt tokens of live reservations), one
  *  that fits, the fewest tokens first, then the largest effective free; when none of them fits, most-free. */

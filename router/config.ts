@@ -12,7 +12,7 @@ export const RouterConfigSchema = z.object({
   redis: z.string().regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL').optional(),
   redisPasswordFile: z.string().min(1).optional(),
   fleet: z.string().regex(FLEET, 'must be NAMESPACE/NAME (lower-case DNS labels)'),
-  policy: z.enum(PICK_POLICIES as unknown as [string, ...string[]]).default('most-free'),
+  policy: z.enum(PICK_POLICIES as unknown as [string, ...string[]]).default('least-prefill'),
   tokenizer: z.string().min(1).optional(),
   /** how long a request may wait for a worker with room before RESOURCE_EXHAUSTED */
   maxQueueMs: z.coerce.number().int().min(0).default(2000),

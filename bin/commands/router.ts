@@ -8,7 +8,7 @@ export function registerRouter(program: Command): void {
     .option('--redis <url>', 'the ledger: redis://host:port (env KVFLEET_REDIS_URL)')
     .option('--redis-password-file <file>', 'Redis password, read from a file (env KVFLEET_REDIS_PASSWORD_FILE)')
     .option('--fleet <ns/name>', 'the fleet whose workers to route to (env KVFLEET_FLEET)')
-    .option('--policy <policy>', 'most-free | best-fit | p2c | least-prefill (default most-free)')
+    .option('--policy <policy>', 'least-prefill | most-free | best-fit | p2c (default least-prefill)')
     .option('--tokenizer <dir>', 'model directory holding tokenizer.json (needed for text prompts; env KVFLEET_TOKENIZER)')
     .option('--max-queue-ms <n>', 'wait this long for a worker with room before RESOURCE_EXHAUSTED (default 2000)')
     .option('--max-attempts <n>', 'workers tried per request, migrations included (default 4)')

@@ -137,7 +137,7 @@ const fleetSpec = object({
   router: object({
     replicas: integer({ minimum: 0, default: 2 }),
     serviceType: enumOf(SERVICE_TYPES, { default: 'ClusterIP' }),
-    policy: enumOf(PICK_POLICIES, { default: 'most-free', description: 'How the ledger picks a worker.' }),
+    policy: enumOf(PICK_POLICIES, { default: 'least-prefill', description: 'How the ledger picks a worker (least-prefill: among the 16 workers with the least pending prefill, one that fits; most-free: the most free pages).' }),
   }, { default: {} }),
   redis: object({
     url: string({ pattern: '^rediss?://', description: 'The ledger\'s Redis, redis://HOST:PORT[/DB].' }),

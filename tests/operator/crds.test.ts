@@ -143,7 +143,7 @@ describe('admission by the API server', () => {
       model: { source: 'pvc://models/llama' },
       engine: { pageSize: 16, kvMemoryFraction: 0.9, maxRunning: 256, admission: 'reserve' },
       workers: { replicas: 1 },
-      router: { replicas: 2, serviceType: 'ClusterIP', policy: 'most-free' },
+      router: { replicas: 2, serviceType: 'ClusterIP', policy: 'least-prefill' },
       redis: { managed: true },
       autoscaling: { enabled: false, minReplicas: 1, maxReplicas: 16, targetKVPressure: 0.7, scaleUpStabilizationSeconds: 15,
         scaleDownStabilizationSeconds: 300, drainTimeoutSeconds: 600 },

@@ -230,7 +230,7 @@ describe('examples', () => {
     expect(f.spec).toMatchObject({
       budgetRef: { name: 'default' },
       redis: { url: 'redis://kvfleet-redis.kvfleet.svc:6379', passwordSecretRef: { name: 'kvfleet-redis', key: 'password' } },
-      router: { policy: 'most-free' }, engine: { admission: 'reserve' },
+      router: { policy: 'least-prefill' }, engine: { admission: 'reserve' },
     });
   });
 });

@@ -28,7 +28,7 @@ describe('router configuration', () => {
       expect((e as Error).message).toMatch(/--policy/);
     }
     const ok = parseRouterConfig({ port: 0, redis: 'redis://127.0.0.1:1', fleet: 'ns/f' });
-    expect(ok.policy).toBe('most-free');
+    expect(ok.policy).toBe('least-prefill');
     expect(ok.maxQueueMs).toBe(2000);
   });
 });
