@@ -14,12 +14,13 @@ import {
   degradedShare, type Ledger, type LedgerSnapshot, type PickResult, type WorkerSnapshot, type PickPolicy,
 } from '../ledger/index.ts';
 import {
-  addGenerationService, addHealth, addReflection, generationClient, SERVICE_NAMES,
+  addGenerationService, addHealth, addReflection, SERVICE_NAMES,
   type BudgetSpec, type GenerateRequest, type GenerateResponse, type GenerationClient,
 } from '../proto/index.ts';
 import { Tokenizer } from '../worker/tokenizer.ts';
 import { bearerAuthInterceptor } from '../worker/security.ts';
 import type { RouterConfig } from './config.ts';
+import { workerGenerationClient } from './wire.ts';
 
 /** A gRPC error with a status code, raised inside the router and answered at the edge. */
 export class RouterStatusError extends Error {
@@ -32,6 +33,32 @@ const FINAL_CODES = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.NOT_FOUND
   grpc.status.PERMISSION_DENIED, grpc.status.FAILED_PRECONDITION, grpc.status.OUT_OF_RANGE]);
 
 interface ModelShape { L: number; Hk: number; P: number }
+
+/** One request's way through this router (performance.now() ms), reported to `Router.onTiming` when set: what the
+ *  router itself spends, without the network hops on either side. The pick/forward marks are those of the attempt
+ *  that delivered the first token. */
+export interface RequestTiming {
+  /** the Generate handler began */ received: number;
+  /** prompt tokenization, ms (0 for token ids) */ tokenizeMs: number;
+  /** the ledger pick was sent */ pickStart: number;
+  /** the pick answered with a reservation (waiting for room included) */ placed: number;
+  /** the worker call was issued */ forwarded: number;
+  /** the first worker message that carries tokens arrived */ firstIn: number;
+  /** ... and was handed to the client stream */ firstOut: number;
+  attempts: number;
+}
+
+// Sampling seeds (the router fixes one per request, so a migrated stream draws the same tokens) come from a pool of
+// random bytes refilled 128 seeds at a time: one CSPRNG call per 128 requests instead of one per request.
+const SEED_POOL_BYTES = 8 * 128;
+let seedPool = Buffer.alloc(0);
+let seedOffset = 0;
+function randomSeed(): string {
+  if (seedOffset + 8 > seedPool.length) { seedPool = randomBytes(SEED_POOL_BYTES); seedOffset = 0; }
+  const seed = seedPool.readBigUInt64BE(seedOffset);
+  seedOffset += 8;
+  return seed.toString();
+}
 
 export class Router {
   readonly config: RouterConfig;
@@ -58,6 +85,10 @@ export class Router {
   private readonly workerCreds: grpc.ChannelCredentials;
   readonly registry = new client.Registry();
   private readonly m;
+  // the requests counter's child per status code, so counting a request hashes no label set
+  private readonly requestsByCode = new Map<grpc.status, { inc(): void }>();
+  /** Called once per request that got a first token, with where its time went (benchmarks; unset in service). */
+  onTiming: ((t: RequestTiming) => void) | undefined;
 
   private constructor(cfg: RouterConfig, log: Logger, ledger?: Ledger) {
     this.config = cfg;
@@ -137,9 +168,11 @@ export class Router {
   /** Keeps the snapshot (model shape, degraded mode) and the router registration fresh. */
   private async refresh(): Promise<void> {
     try {
-      this.liveRouters = await this.ledger.registerRouter(this.id);
-      this.snapshot = await this.ledger.snapshot();
-      const [all, def] = await Promise.all([this.ledger.listBudgets(), this.ledger.getDefaultBudget()]);
+      // one round trip: the four reads go out together (a pick sent meanwhile waits behind one answer, not three)
+      const [routers, snapshot, all, def] = await Promise.all([this.ledger.registerRouter(this.id), this.ledger.snapshot(),
+        this.ledger.listBudgets(), this.ledger.getDefaultBudget()]);
+      this.liveRouters = routers;
+      this.snapshot = snapshot;
       this.budgets = { all, def };
       if (this.degraded) this.log.info('ledger reachable again: leaving degraded mode');
       this.setDegraded(false);
@@ -180,7 +213,7 @@ export class Router {
   private clientFor(addr: string): GenerationClient {
     let c = this.clients.get(addr);
     if (!c) {
-      c = generationClient(addr, this.workerCreds, {
+      c = workerGenerationClient(addr, this.workerCreds, {
         'grpc.max_receive_message_length': this.config.maxMessageBytes,
         'grpc.max_send_message_length': this.config.maxMessageBytes,
       });
@@ -300,13 +333,18 @@ export class Router {
       if (code === grpc.status.INTERNAL) this.log.error({ err }, 'generate failed');
       if (!call.cancelled) call.emit('error', { code, details: message });
     } finally {
-      this.m.requests.inc({ code: grpc.status[code] });
+      let counter = this.requestsByCode.get(code);
+      if (!counter) this.requestsByCode.set(code, (counter = this.m.requests.labels(grpc.status[code])));
+      counter.inc();
     }
   }
 
   private async serve(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, t0: number): Promise<void> {
     const req = call.request;
     const requestId = req.request_id || randomUUID();
+    const timing: RequestTiming | undefined = this.onTiming
+      ? { received: t0, tokenizeMs: 0, pickStart: 0, placed: 0, forwarded: 0, firstIn: 0, firstOut: 0, attempts: 0 }
+      : undefined;
     let prompt: number[];
     if (req.prompt === 'token_ids') {
       prompt = req.token_ids?.ids ?? [];
@@ -314,14 +352,16 @@ export class Router {
       if (!this.tokenizer) throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'text: this router has no tokenizer (--tokenizer); send token_ids');
       const tt = performance.now();
       prompt = this.tokenizer.encode(req.text ?? '');
-      this.m.tokenize.observe((performance.now() - tt) / 1000);
+      const ms = performance.now() - tt;
+      this.m.tokenize.observe(ms / 1000);
+      if (timing) timing.tokenizeMs = ms;
     } else {
       throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'prompt: give text or token_ids');
     }
     if (prompt.length === 0) throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'prompt: is empty');
     const sampling = { ...(req.sampling ?? {}) };
     // the router fixes the seed, so a migrated stream draws the same tokens on the next worker
-    if (sampling.seed === undefined) sampling.seed = randomBytes(8).readBigUInt64BE().toString();
+    if (sampling.seed === undefined) sampling.seed = randomSeed();
     const m = sampling.max_new_tokens ?? 256;
     if (sampling.max_new_tokens !== undefined && sampling.max_new_tokens <= 0) {
       throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'sampling.max_new_tokens: must be > 0');
@@ -332,13 +372,24 @@ export class Router {
     let firstToken = true;
     for (let attempt = 1; ; attempt++) {
       const need = requestFootprintPages(await this.shape(Date.now() + this.config.maxQueueMs), spec, prompt.length, m);
+      const pickStart = performance.now();
       const picked = await this.place(need, prompt.length, requestId, exclude);
+      const placed = performance.now();
+      let forwarded = 0;
       const outcome = await this.forward(call, picked, {
         request_id: requestId, token_ids: { ids: prompt }, sampling, budget: { spec }, resume_token_ids: streamed,
-      }, (tokens) => {
-        if (firstToken && tokens.length > 0) { firstToken = false; this.m.ttft.observe((performance.now() - t0) / 1000); }
+      }, () => { forwarded = performance.now(); }, (tokens) => {
+        if (firstToken && tokens.length > 0) {
+          firstToken = false;
+          const now = performance.now();
+          this.m.ttft.observe((now - t0) / 1000);
+          if (timing) Object.assign(timing, { pickStart, placed, forwarded, firstIn: now, attempts: attempt });
+        }
         streamed.push(...tokens);
-      });
+      }, timing && (() => {
+        // the first token has been handed to the client stream: report, once
+        if (timing.firstIn > 0 && timing.firstOut === 0) { timing.firstOut = performance.now(); this.onTiming?.(timing); }
+      }));
       await this.releaseQuietly(picked.worker_id, requestId);
       if (outcome.kind === 'done' || outcome.kind === 'cancelled') return;
       if (outcome.kind === 'final') throw new RouterStatusError(outcome.code, outcome.message);
@@ -358,21 +409,25 @@ export class Router {
 
   /** Streams one worker's answer to the client. */
   private forward(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, picked: PickResult,
-    wreq: GenerateRequest, onTokens: (t: number[]) => void):
+    wreq: GenerateRequest, onIssued: () => void, onTokens: (t: number[]) => void, onWritten?: () => void):
     Promise<{ kind: 'done' } | { kind: 'cancelled' } | { kind: 'final'; code: grpc.status; message: string } |
       { kind: 'failed' | 'busy'; message: string }> {
     return new Promise((resolve) => {
+      // the client went away while the request was being placed: nothing to forward (the caller releases)
+      if (call.cancelled) { resolve({ kind: 'cancelled' }); return; }
       const deadline = call.getDeadline();
       const opts: grpc.CallOptions = deadline instanceof Date || typeof deadline === 'number' ? { deadline } : {};
       const md = new grpc.Metadata();
       if (this.workerToken) md.set('authorization', `Bearer ${this.workerToken}`);
       const ws = this.clientFor(picked.addr).Generate(wreq, md, opts);
+      onIssued();
       let finished = false;
       const onCancel = () => { ws.cancel(); };
       call.on('cancelled', onCancel);
       ws.on('data', (msg: GenerateResponse) => {
         onTokens(msg.token_ids ?? []);
         call.write(msg);
+        onWritten?.();
         if (msg.finish_reason && msg.finish_reason !== 'FINISH_REASON_UNSPECIFIED') finished = true;
       });
       ws.on('error', (err: grpc.ServiceError) => {
