@@ -10,12 +10,21 @@
 // Target: p99 added latency of token-id prompts < 1 ms (the issue's "1 ms plus tokenization": ids need none).
 //
 // On a shared machine the worker's own time varies by more than the router adds (a 2K prefill by milliseconds), and
-// a paired difference carries that variation twice. So the routed call is also timed from the inside: the worker
+// a paired difference carries that variation twice. So each call is also timed from the inside: the worker
 // advertises 127.0.0.2:PORT in the ledger (POD_IP) while it listens on 127.0.0.1:PORT, and a TCP pass-through on
 // 127.0.0.2:PORT reads the HTTP/2 frame headers (never the payloads) to time each stream from its request HEADERS to
-// its first response DATA frame: the worker's time as the router sees it. router_overhead = routed TTFT − that time:
-// what the router and the client→router hop add to that very request (the probe's own forwarding included).
+// its first response DATA frame: the worker's own time. Direct calls go through the same pass-through (so its
+// forwarding is on both sides of a pair, not charged to the router). Per case:
+//   router_overhead  = routed TTFT − the worker's time of that call: the router plus the client→router hops
+//   added_worker_corrected = router_overhead − (direct TTFT − its worker time), paired: the added latency with the
+//                      worker's own variation taken out of both sides
+//   router_internal  = measured inside the router (Router.onTiming): handler start → worker call issued, plus first
+//                      worker message in → written to the client (text prompts: tokenization included, also
+//                      reported alone as tokenize); router_pick = the ledger pick's round trip alone
+// With GC pauses (count, total, longest) of this process and the 1-minute load average at the start and end of each
+// case: the machine is shared, and the tail of every figure moves with what else runs on it.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { PerformanceObserver } from 'node:perf_hooks';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -27,7 +36,7 @@ import { pino } from 'pino';
 import { RedisLedger } from '../ledger/redis.ts';
 import { generationClient, type GenerateRequest, type GenerateResponse, type GenerationClient } from '../proto/index.ts';
 import { parseRouterConfig } from '../router/config.ts';
-import { Router } from '../router/router.ts';
+import { Router, type RequestTiming } from '../router/router.ts';
 import { writeSynthModel } from '../worker/model/synth.ts';
 import { Tokenizer } from '../worker/tokenizer.ts';
 import { startRedis } from '../tests/harness/redis.ts';
@@ -160,15 +169,15 @@ async function startWorkerChild(modelDir: string, redisUrl: string, ledger: Redi
 }
 
 export async function run(opts: BenchOptions): Promise<BenchReport> {
-  const pairsShort = intArg(opts, 'pairs-short', 1000);
+  const pairsShort = intArg(opts, 'pairs-short', 2000);
   const pairsLong = intArg(opts, 'pairs-long', 400);
   const longTokens = intArg(opts, 'long-tokens', 2048);
   const shortTokens = intArg(opts, 'short-tokens', 8);
   const tokenizeReps = intArg(opts, 'tokenize-reps', 2000);
   const cases: Case[] = [
-    { name: 'short_ids', kind: 'token_ids', tokens: shortTokens, pairs: pairsShort, warmup: 50 },
+    { name: 'short_ids', kind: 'token_ids', tokens: shortTokens, pairs: pairsShort, warmup: 200 },
     { name: 'long_ids', kind: 'token_ids', tokens: longTokens, pairs: pairsLong, warmup: 20 },
-    { name: 'short_text', kind: 'text', tokens: shortTokens, pairs: pairsShort, warmup: 50 },
+    { name: 'short_text', kind: 'text', tokens: shortTokens, pairs: pairsShort, warmup: 200 },
     { name: 'long_text', kind: 'text', tokens: longTokens, pairs: pairsLong, warmup: 20 },
   ];
 
@@ -188,7 +197,8 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
     probe = await startProbe(PROBE_HOST, w.port, { host: '127.0.0.1', port: w.port });
     router = await Router.start(parseRouterConfig({ port: 0, redis: server.url, fleet: FLEET, metricsPort: 0, tokenizer: modelDir }),
       pino({ level: 'silent' }));
-    const direct = generationClient(w.listen, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
+    // direct calls go through the probe as the router's do (the worker's advertised address)
+    const direct = generationClient(`${PROBE_HOST}:${w.port}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
     const routed = generationClient(`127.0.0.1:${router.port}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
     clients.push(direct, routed);
     const V = tok.vocabSize;
@@ -196,37 +206,60 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
     const sampling = { max_new_tokens: 2, temperature: 0, ignore_eos: true };
     const results: unknown[] = [{
       name: 'setup', model: 'tiny (synthetic, L=2, Hk=2)', worker: 'kvfleet worker child process, 65536 pages, reserve admission',
-      router: 'in-process Router over the Redis ledger, policy most-free, no budget named (fleet default resolved per request)',
+      router: `in-process Router over the Redis ledger, policy ${router.config.policy} (the default), no budget named (fleet default resolved per request)`,
       redis: 'local redis-server', sampling, order: 'direct and routed back to back per pair, order alternating',
+      probe: 'direct and routed calls both pass the frame-header probe on the worker\'s advertised address',
+      load_avg_1m_start: round(os.loadavg()[0], 2),
     }];
+    let timing: RequestTiming | undefined;
+    router.onTiming = (t) => { timing = { ...t }; };
+    const gcs: number[] = [];
+    const gcObserver = new PerformanceObserver((list) => { for (const e of list.getEntries()) gcs.push(e.duration); });
+    gcObserver.observe({ entryTypes: ['gc'] });
 
-    const addedP99: Record<string, number> = {};
+    const addedP99: Record<string, number> = {}, internalP99: Record<string, number> = {};
     for (const c of cases) {
       const texts = c.kind === 'text' ? Array.from({ length: 64 }, (_, i) => textOf(tok, c.tokens, i)) : [];
       const req = (i: number): GenerateRequest => (c.kind === 'text'
         ? { prompt: 'text', text: texts[i % texts.length], sampling }
         : { prompt: 'token_ids', token_ids: { ids: idsOf(c.tokens, i, V) }, sampling });
-      const dt: number[] = [], rt: number[] = [], added: number[] = [], overhead: number[] = [];
-      const routedOnce = async (r: GenerateRequest): Promise<number> => {
+      const dt: number[] = [], rt: number[] = [], added: number[] = [], overhead: number[] = [], corrected: number[] = [];
+      const internal: number[] = [], pick: number[] = [];
+      /** client-side TTFT and the part of it outside the worker (TTFT − the probe's worker time) */
+      const timed = async (gen: GenerationClient, r: GenerateRequest, what: string): Promise<[number, number]> => {
         probe!.take();
-        const t = await ttft(routed, r);
+        const t = await ttft(gen, r);
         const inner = probe!.take();
-        if (inner === undefined || inner > t) throw new Error(`bench router: the probe saw no first DATA frame within the routed call (${inner} ms vs ${t} ms)`);
-        overhead.push(t - inner);
-        return t;
+        if (inner === undefined || inner > t) throw new Error(`bench router: the probe saw no first DATA frame within the ${what} call (${inner} ms vs ${t} ms)`);
+        return [t, t - inner];
       };
+      const routedOnce = async (r: GenerateRequest): Promise<[number, number]> => {
+        timing = undefined;
+        const out = await timed(routed, r, 'routed');
+        const tm = timing as RequestTiming | undefined;
+        if (!tm) throw new Error('bench router: the router reported no timing for a routed call');
+        internal.push(tm.forwarded - tm.received + (tm.firstOut - tm.firstIn));
+        pick.push(tm.placed - tm.pickStart);
+        return out;
+      };
+      const gc0 = gcs.length;
+      const load0 = os.loadavg()[0];
       const tick = opts.json ? () => {} : progress(`bench router: ${c.name}`);
       for (let i = -c.warmup; i < c.pairs; i++) {
         const r = req(i + c.warmup);
-        let d: number, t: number;
-        if (i % 2 === 0) { d = await ttft(direct, r); t = await routedOnce(r); } else { t = await routedOnce(r); d = await ttft(direct, r); }
-        if (i < 0) { overhead.pop(); continue; }
-        dt.push(d); rt.push(t); added.push(t - d);
+        let d: [number, number], t: [number, number];
+        if (i % 2 === 0) { d = await timed(direct, r, 'direct'); t = await routedOnce(r); } else { t = await routedOnce(r); d = await timed(direct, r, 'direct'); }
+        if (i < 0) { internal.pop(); pick.pop(); continue; }
+        dt.push(d[0]); rt.push(t[0]); added.push(t[0] - d[0]); overhead.push(t[1]); corrected.push(t[1] - d[1]);
         if (i % 50 === 49 || i === c.pairs - 1) tick(i + 1, c.pairs);
       }
       const promptTokens = c.kind === 'text' ? Math.round(texts.reduce((a, s) => a + tok.encode(s).length, 0) / texts.length) : c.tokens;
+      const caseGcs = gcs.slice(gc0);
       const entry: Record<string, unknown> = { name: c.name, prompt: c.kind, prompt_tokens: promptTokens, pairs: c.pairs,
-        direct_ttft: stats(dt), router_ttft: stats(rt), added: stats(added), router_overhead: stats(overhead) };
+        direct_ttft: stats(dt), router_ttft: stats(rt), added: stats(added), router_overhead: stats(overhead),
+        added_worker_corrected: stats(corrected), router_internal: stats(internal), router_pick: stats(pick),
+        gc: { count: caseGcs.length, total_ms: round(caseGcs.reduce((a, b) => a + b, 0), 2), max_ms: round(Math.max(0, ...caseGcs), 2) },
+        load_avg_1m: { start: round(load0, 2), end: round(os.loadavg()[0], 2) } };
       if (c.kind === 'text') {
         // the router's tokenizer alone on the same texts (what it adds before placing; the worker then skips it)
         for (let i = 0; i < 100; i++) tok.encode(texts[i % texts.length]);
@@ -241,19 +274,25 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
       }
       results.push(entry);
       addedP99[c.name] = percentile(added, 99);
+      internalP99[c.name] = percentile(internal, 99);
       log(opts, `${c.name}: direct p50 ${round(percentile(dt, 50), 3)} ms, router p50 ${round(percentile(rt, 50), 3)} ms, `
         + `added p50 ${round(percentile(added, 50), 3)} / p99 ${round(percentile(added, 99), 3)} ms, `
-        + `router overhead p50 ${round(percentile(overhead, 50), 3)} / p99 ${round(percentile(overhead, 99), 3)} ms`);
+        + `router overhead p50 ${round(percentile(overhead, 50), 3)} / p99 ${round(percentile(overhead, 99), 3)} ms, `
+        + `internal p50 ${round(percentile(internal, 50), 3)} / p99 ${round(percentile(internal, 99), 3)} ms`);
     }
     // the router's own placement time (pick + any wait for room), from its Prometheus histogram over the whole run
     const pick = ((await router.registry.getSingleMetric('kvfleet_router_pick_seconds')?.get())?.values ?? []) as Array<{ value: number; metricName?: string }>;
     const pickSum = pick.find((v) => v.metricName === 'kvfleet_router_pick_seconds_sum')?.value ?? NaN;
     const pickCount = pick.find((v) => v.metricName === 'kvfleet_router_pick_seconds_count')?.value ?? NaN;
     results.push({ name: 'router_pick', picks: pickCount, mean_ms: round((1000 * pickSum) / pickCount) });
+    gcObserver.disconnect();
+    (results[0] as Record<string, unknown>).load_avg_1m_end = round(os.loadavg()[0], 2);
     return {
       bench: 'router', machine: machineInfo(), results,
-      // the worse of the short and 2K token-id cases: ids need no tokenization, so the allowance is the 1 ms alone
-      targets: [target('router_added_p99_ms', round(Math.max(addedP99.short_ids, addedP99.long_ids)), 'ms', '<', 1)],
+      // the worse of the short and 2K token-id cases: ids need no tokenization, so the allowance is the 1 ms alone.
+      // The issue's target is the end-to-end paired figure; the router's internal time is reported beside it.
+      targets: [target('router_added_p99_ms', round(Math.max(addedP99.short_ids, addedP99.long_ids)), 'ms', '<', 1),
+        target('router_internal_p99_ms', round(Math.max(internalP99.short_ids, internalP99.long_ids)), 'ms', '<', 1)],
     };
   } finally {
     for (const c of clients) c.close();
