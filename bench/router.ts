@@ -1,6 +1,6 @@
 // `kvfleet bench router`: what the router adds to the time to first token (issue 13, "Benchmark"). A real
 // redis-server, one `kvfleet worker` child process on the synthetic `tiny` model in a fleet on that Redis, and a
-// Router in this process over the same fleet. Each pair sends one request straight to the worker and the same
+// `kvfleet router` child process over the same fleet (--router-mode inprocess: a Router in this process instead). Each pair sends one request straight to the worker and the same
 // request through the router, back to back, the order alternating pair by pair, one request in flight at a time;
 // TTFT is client-side, from the call to the first message that carries a token.
 //   added latency = router TTFT − direct TTFT of the same pair (p50/p99 of the paired differences, and of each side)
@@ -18,9 +18,12 @@
 //   router_overhead  = routed TTFT − the worker's time of that call: the router plus the client→router hops
 //   added_worker_corrected = router_overhead − (direct TTFT − its worker time), paired: the added latency with the
 //                      worker's own variation taken out of both sides
-//   router_internal  = measured inside the router (Router.onTiming): handler start → worker call issued, plus first
-//                      worker message in → written to the client (text prompts: tokenization included, also
-//                      reported alone as tokenize); router_pick = the ledger pick's round trip alone
+//   router_internal  = measured inside the router: handler start → worker call issued, plus first worker message
+//                      in → written to the client (text prompts: tokenization included, also reported alone as
+//                      tokenize); router_pick = the ledger pick's round trip alone. A router process reports them
+//                      in its /metrics histograms (kvfleet_router_overhead_seconds, kvfleet_router_pick_seconds),
+//                      scraped before and after each case, quantiles interpolated within buckets; in-process, they
+//                      are exact per request (Router.onTiming).
 // With GC pauses (count, total, longest) of this process and the 1-minute load average at the start and end of each
 // case: the machine is shared, and the tail of every figure moves with what else runs on it.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -152,7 +155,7 @@ async function startProbe(listenHost: string, port: number, target: { host: stri
 async function startWorkerChild(modelDir: string, redisUrl: string, ledger: RedisLedger): Promise<{ child: ChildProcess; listen: string; port: number }> {
   const child = spawn(process.execPath, [KVFLEET_TS, 'worker', '--model', modelDir, '--port', '0', '--metrics-port', '0',
     '--log-level', 'warn', '--redis', redisUrl, '--fleet', FLEET, '--num-pages', '65536', '--heartbeat-ms', '500'],
-  { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, POD_IP: PROBE_HOST } });
+  { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, POD_IP: PROBE_HOST, KVFLEET_PARENT_PID: String(process.pid) } });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
   child.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
@@ -166,6 +169,69 @@ async function startWorkerChild(modelDir: string, redisUrl: string, ledger: Redi
     if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`bench router: the worker did not join the fleet in 60 s: ${out.trim()}`); }
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** A free loopback TCP port (bound, read, released). */
+async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((resolve, reject) => { srv.once('error', reject); srv.listen(0, '127.0.0.1', () => resolve()); });
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => srv.close(() => resolve()));
+  return port;
+}
+
+/** Starts `kvfleet router` as its own process, the way it is deployed; resolves with its gRPC and /metrics ports. */
+async function startRouterChild(modelDir: string, redisUrl: string): Promise<{ child: ChildProcess; port: number; metricsPort: number }> {
+  const metricsPort = await freePort();
+  const child = spawn(process.execPath, [KVFLEET_TS, 'router', '--host', '127.0.0.1', '--port', '0', '--metrics-port', String(metricsPort),
+    '--redis', redisUrl, '--fleet', FLEET, '--tokenizer', modelDir], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KVFLEET_PARENT_PID: String(process.pid) } });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const m = /router \S+ listening on \S+:(\d+)/.exec(out);
+    if (m) return { child, port: Number(m[1]), metricsPort };
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`bench router: the router exited: ${out.trim()}`);
+    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`bench router: the router did not start in 60 s: ${out.trim()}`); }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Cumulative bucket counts (upper bound in seconds → count), sum and count of one Prometheus histogram. */
+interface Hist { le: number[]; counts: number[]; sum: number; count: number }
+async function scrapeHist(metricsPort: number, name: string): Promise<Hist> {
+  const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
+  if (!res.ok) throw new Error(`bench router: /metrics answered ${res.status}`);
+  const h: Hist = { le: [], counts: [], sum: 0, count: 0 };
+  for (const line of (await res.text()).split('\n')) {
+    let m = new RegExp(`^${name}_bucket\\{le="([^"]+)"\\} (\\S+)$`).exec(line);
+    if (m) { h.le.push(m[1] === '+Inf' ? Infinity : Number(m[1])); h.counts.push(Number(m[2])); continue; }
+    m = new RegExp(`^${name}_(sum|count) (\\S+)$`).exec(line);
+    if (m) h[m[1] as 'sum' | 'count'] = Number(m[2]);
+  }
+  if (h.le.length === 0) throw new Error(`bench router: the router's /metrics has no ${name}`);
+  return h;
+}
+/** p50/p99/mean in ms of the observations between two scrapes; quantiles interpolated linearly inside a bucket (as
+ *  Prometheus's histogram_quantile does), so they are as fine as the buckets. */
+function histStats(a: Hist, b: Hist): { p50_ms: number; p99_ms: number; mean_ms: number; n: number; from: string } {
+  const counts = b.counts.map((c, i) => c - (a.counts[i] ?? 0));
+  const n = b.count - a.count;
+  const q = (p: number): number => {
+    const rank = p * n;
+    for (let i = 0; i < counts.length; i++) {
+      if (counts[i] >= rank) {
+        const lo = i === 0 ? 0 : b.le[i - 1], hi = b.le[i];
+        if (!Number.isFinite(hi)) return lo * 1000;
+        const below = i === 0 ? 0 : counts[i - 1];
+        const inBucket = counts[i] - below;
+        return 1000 * (lo + (hi - lo) * (inBucket > 0 ? (rank - below) / inBucket : 1));
+      }
+    }
+    return NaN;
+  };
+  return { p50_ms: round(q(0.5)), p99_ms: round(q(0.99)), mean_ms: round((1000 * (b.sum - a.sum)) / n), n, from: 'router /metrics histogram' };
 }
 
 export async function run(opts: BenchOptions): Promise<BenchReport> {
@@ -184,7 +250,14 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
   const modelDir = mkdtempSync(path.join(os.tmpdir(), 'kvf-bench-router-'));
   const server = await startRedis();
   let worker: ChildProcess | undefined;
+  // process (default): `kvfleet router` as its own process, as deployed; its internal times come from its /metrics
+  // histograms. inprocess: a Router in this process, timed exactly per request through Router.onTiming, but sharing
+  // this process's event loop and GC with the client and the probe.
+  const mode = String(opts.args['router-mode'] ?? 'process');
+  if (mode !== 'process' && mode !== 'inprocess') throw new Error(`bench router: --router-mode must be process or inprocess, got ${mode}`);
   let router: Router | undefined;
+  let routerChild: ChildProcess | undefined;
+  let routerPort: number, routerMetricsPort = 0;
   let probe: Awaited<ReturnType<typeof startProbe>> | undefined;
   const clients: GenerationClient[] = [];
   const [namespace, fleet] = FLEET.split('/');
@@ -195,24 +268,32 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
     const w = await startWorkerChild(modelDir, server.url, ledger);
     worker = w.child;
     probe = await startProbe(PROBE_HOST, w.port, { host: '127.0.0.1', port: w.port });
-    router = await Router.start(parseRouterConfig({ port: 0, redis: server.url, fleet: FLEET, metricsPort: 0, tokenizer: modelDir }),
-      pino({ level: 'silent' }));
+    if (mode === 'process') {
+      const rc = await startRouterChild(modelDir, server.url);
+      routerChild = rc.child;
+      routerPort = rc.port;
+      routerMetricsPort = rc.metricsPort;
+    } else {
+      router = await Router.start(parseRouterConfig({ port: 0, redis: server.url, fleet: FLEET, metricsPort: 0, tokenizer: modelDir }),
+        pino({ level: 'silent' }));
+      routerPort = router.port;
+    }
     // direct calls go through the probe as the router's do (the worker's advertised address)
     const direct = generationClient(`${PROBE_HOST}:${w.port}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
-    const routed = generationClient(`127.0.0.1:${router.port}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
+    const routed = generationClient(`127.0.0.1:${routerPort}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
     clients.push(direct, routed);
     const V = tok.vocabSize;
     // two new tokens: the first is what is timed; the stream still ends through the normal finish path
     const sampling = { max_new_tokens: 2, temperature: 0, ignore_eos: true };
     const results: unknown[] = [{
       name: 'setup', model: 'tiny (synthetic, L=2, Hk=2)', worker: 'kvfleet worker child process, 65536 pages, reserve admission',
-      router: `in-process Router over the Redis ledger, policy ${router.config.policy} (the default), no budget named (fleet default resolved per request)`,
+      router: `${mode === 'process' ? '`kvfleet router` child process' : 'in-process Router'} over the Redis ledger, policy least-prefill (the default), no budget named (fleet default resolved per request)`,
       redis: 'local redis-server', sampling, order: 'direct and routed back to back per pair, order alternating',
       probe: 'direct and routed calls both pass the frame-header probe on the worker\'s advertised address',
       load_avg_1m_start: round(os.loadavg()[0], 2),
     }];
     let timing: RequestTiming | undefined;
-    router.onTiming = (t) => { timing = { ...t }; };
+    if (router) router.onTiming = (t) => { timing = { ...t }; };
     const gcs: number[] = [];
     const gcObserver = new PerformanceObserver((list) => { for (const e of list.getEntries()) gcs.push(e.duration); });
     gcObserver.observe({ entryTypes: ['gc'] });
@@ -236,12 +317,14 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
       const routedOnce = async (r: GenerateRequest): Promise<[number, number]> => {
         timing = undefined;
         const out = await timed(routed, r, 'routed');
+        if (!router) return out;
         const tm = timing as RequestTiming | undefined;
         if (!tm) throw new Error('bench router: the router reported no timing for a routed call');
         internal.push(tm.forwarded - tm.received + (tm.firstOut - tm.firstIn));
         pick.push(tm.placed - tm.pickStart);
         return out;
       };
+      let hist0: [Hist, Hist] | undefined;
       const gc0 = gcs.length;
       const load0 = os.loadavg()[0];
       const tick = opts.json ? () => {} : progress(`bench router: ${c.name}`);
@@ -249,7 +332,11 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
         const r = req(i + c.warmup);
         let d: [number, number], t: [number, number];
         if (i % 2 === 0) { d = await timed(direct, r, 'direct'); t = await routedOnce(r); } else { t = await routedOnce(r); d = await timed(direct, r, 'direct'); }
-        if (i < 0) { internal.pop(); pick.pop(); continue; }
+        if (i < 0) {
+          internal.pop(); pick.pop();
+          if (i === -1 && !router) hist0 = [await scrapeHist(routerMetricsPort, 'kvfleet_router_overhead_seconds'), await scrapeHist(routerMetricsPort, 'kvfleet_router_pick_seconds')];
+          continue;
+        }
         dt.push(d[0]); rt.push(t[0]); added.push(t[0] - d[0]); overhead.push(t[1]); corrected.push(t[1] - d[1]);
         if (i % 50 === 49 || i === c.pairs - 1) tick(i + 1, c.pairs);
       }
@@ -257,7 +344,10 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
       const caseGcs = gcs.slice(gc0);
       const entry: Record<string, unknown> = { name: c.name, prompt: c.kind, prompt_tokens: promptTokens, pairs: c.pairs,
         direct_ttft: stats(dt), router_ttft: stats(rt), added: stats(added), router_overhead: stats(overhead),
-        added_worker_corrected: stats(corrected), router_internal: stats(internal), router_pick: stats(pick),
+        added_worker_corrected: stats(corrected),
+        ...(router ? { router_internal: stats(internal), router_pick: stats(pick) } : {
+          router_internal: histStats(hist0![0], await scrapeHist(routerMetricsPort, 'kvfleet_router_overhead_seconds')),
+          router_pick: histStats(hist0![1], await scrapeHist(routerMetricsPort, 'kvfleet_router_pick_seconds')) }),
         gc: { count: caseGcs.length, total_ms: round(caseGcs.reduce((a, b) => a + b, 0), 2), max_ms: round(Math.max(0, ...caseGcs), 2) },
         load_avg_1m: { start: round(load0, 2), end: round(os.loadavg()[0], 2) } };
       if (c.kind === 'text') {
@@ -274,17 +364,22 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
       }
       results.push(entry);
       addedP99[c.name] = percentile(added, 99);
-      internalP99[c.name] = percentile(internal, 99);
+      internalP99[c.name] = (entry.router_internal as { p99_ms: number }).p99_ms;
       log(opts, `${c.name}: direct p50 ${round(percentile(dt, 50), 3)} ms, router p50 ${round(percentile(rt, 50), 3)} ms, `
         + `added p50 ${round(percentile(added, 50), 3)} / p99 ${round(percentile(added, 99), 3)} ms, `
         + `router overhead p50 ${round(percentile(overhead, 50), 3)} / p99 ${round(percentile(overhead, 99), 3)} ms, `
-        + `internal p50 ${round(percentile(internal, 50), 3)} / p99 ${round(percentile(internal, 99), 3)} ms`);
+        + `internal p99 ${internalP99[c.name]} ms`);
     }
     // the router's own placement time (pick + any wait for room), from its Prometheus histogram over the whole run
-    const pick = ((await router.registry.getSingleMetric('kvfleet_router_pick_seconds')?.get())?.values ?? []) as Array<{ value: number; metricName?: string }>;
-    const pickSum = pick.find((v) => v.metricName === 'kvfleet_router_pick_seconds_sum')?.value ?? NaN;
-    const pickCount = pick.find((v) => v.metricName === 'kvfleet_router_pick_seconds_count')?.value ?? NaN;
-    results.push({ name: 'router_pick', picks: pickCount, mean_ms: round((1000 * pickSum) / pickCount) });
+    if (router) {
+      const pick = ((await router.registry.getSingleMetric('kvfleet_router_pick_seconds')?.get())?.values ?? []) as Array<{ value: number; metricName?: string }>;
+      const pickSum = pick.find((v) => v.metricName === 'kvfleet_router_pick_seconds_sum')?.value ?? NaN;
+      const pickCount = pick.find((v) => v.metricName === 'kvfleet_router_pick_seconds_count')?.value ?? NaN;
+      results.push({ name: 'router_pick', picks: pickCount, mean_ms: round((1000 * pickSum) / pickCount) });
+    } else {
+      const h = await scrapeHist(routerMetricsPort, 'kvfleet_router_pick_seconds');
+      results.push({ name: 'router_pick', picks: h.count, mean_ms: round((1000 * h.sum) / h.count) });
+    }
     gcObserver.disconnect();
     (results[0] as Record<string, unknown>).load_avg_1m_end = round(os.loadavg()[0], 2);
     return {
@@ -297,6 +392,13 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
   } finally {
     for (const c of clients) c.close();
     if (router) await router.close();
+    if (routerChild && routerChild.exitCode === null && routerChild.signalCode === null) {
+      const exited = new Promise((r) => routerChild!.once('exit', r));
+      routerChild.kill('SIGTERM');
+      const t = setTimeout(() => routerChild!.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    }
     if (probe) await probe.close();
     if (worker && worker.exitCode === null && worker.signalCode === null) {
       const exited = new Promise((r) => worker!.once('exit', r));

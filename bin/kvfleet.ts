@@ -29,4 +29,20 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A kvfleet process started by `kvfleet up`, a benchmark or the test harness stops when that parent dies without
+// stopping it (SIGKILL, a crash), instead of living on with its ports, pages and ledger entry: the spawner sets
+// KVFLEET_PARENT_PID to its own pid, and a change of our parent (re-parenting to init or a subreaper) sends us the
+// SIGTERM a normal stop would have sent, so the usual shutdown runs. The variable is not passed further down.
+const parentPid = Number(process.env.KVFLEET_PARENT_PID);
+delete process.env.KVFLEET_PARENT_PID;
+if (Number.isSafeInteger(parentPid) && parentPid > 1) {
+  const watch = setInterval(() => {
+    if (process.ppid === parentPid) return;
+    clearInterval(watch);
+    process.stderr.write(`kvfleet: parent process ${parentPid} is gone; stopping\n`);
+    process.kill(process.pid, 'SIGTERM');
+  }, 500);
+  watch.unref();
+}
+
 process.exitCode = await main(process.argv);

@@ -135,7 +135,10 @@ export class Router {
       retries: new client.Counter({ name: 'kvfleet_router_retries_total', help: 'worker failures before the first token that led to another pick', registers: [r] }),
       migrations: new client.Counter({ name: 'kvfleet_router_migrations_total', help: 'streams moved to another worker after their first token', registers: [r] }),
       degraded: new client.Gauge({ name: 'kvfleet_router_degraded', help: '1 while the ledger is unreachable and routing runs from the last snapshot', registers: [r] }),
-      pick: new client.Histogram({ name: 'kvfleet_router_pick_seconds', help: 'time to place a request (pick + waiting for room)', buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: [r] }),
+      pick: new client.Histogram({ name: 'kvfleet_router_pick_seconds', help: 'time to place a request (pick + waiting for room)', buckets: [0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: [r] }),
+      // what this router itself adds to a request's time to first token: handler start → worker call issued (token
+      // ids: validation, budget, pick), plus first worker message in → handed to the client stream
+      overhead: new client.Histogram({ name: 'kvfleet_router_overhead_seconds', help: 'time the router adds before the first token: tokenization, placement and forwarding (not the network hops or the worker)', buckets: [0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1, 1], registers: [r] }),
       ttft: new client.Histogram({ name: 'kvfleet_router_time_to_first_token_seconds', help: 'time from request to first streamed token', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [r] }),
       tokenize: new client.Histogram({ name: 'kvfleet_router_tokenize_seconds', help: 'prompt tokenization time', buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05], registers: [r] }),
     };
@@ -342,9 +345,7 @@ export class Router {
   private async serve(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, t0: number): Promise<void> {
     const req = call.request;
     const requestId = req.request_id || randomUUID();
-    const timing: RequestTiming | undefined = this.onTiming
-      ? { received: t0, tokenizeMs: 0, pickStart: 0, placed: 0, forwarded: 0, firstIn: 0, firstOut: 0, attempts: 0 }
-      : undefined;
+    const timing: RequestTiming = { received: t0, tokenizeMs: 0, pickStart: 0, placed: 0, forwarded: 0, firstIn: 0, firstOut: 0, attempts: 0 };
     let prompt: number[];
     if (req.prompt === 'token_ids') {
       prompt = req.token_ids?.ids ?? [];
@@ -354,7 +355,7 @@ export class Router {
       prompt = this.tokenizer.encode(req.text ?? '');
       const ms = performance.now() - tt;
       this.m.tokenize.observe(ms / 1000);
-      if (timing) timing.tokenizeMs = ms;
+      timing.tokenizeMs = ms;
     } else {
       throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'prompt: give text or token_ids');
     }
@@ -383,13 +384,17 @@ export class Router {
           firstToken = false;
           const now = performance.now();
           this.m.ttft.observe((now - t0) / 1000);
-          if (timing) Object.assign(timing, { pickStart, placed, forwarded, firstIn: now, attempts: attempt });
+          timing.pickStart = pickStart; timing.placed = placed; timing.forwarded = forwarded; timing.firstIn = now; timing.attempts = attempt;
         }
         streamed.push(...tokens);
-      }, timing && (() => {
-        // the first token has been handed to the client stream: report, once
-        if (timing.firstIn > 0 && timing.firstOut === 0) { timing.firstOut = performance.now(); this.onTiming?.(timing); }
-      }));
+      }, () => {
+        // the first token has been handed to the client stream: observe and report, once
+        if (timing.firstIn > 0 && timing.firstOut === 0) {
+          timing.firstOut = performance.now();
+          this.m.overhead.observe((timing.forwarded - timing.received + timing.firstOut - timing.firstIn) / 1000);
+          this.onTiming?.(timing);
+        }
+      });
       await this.releaseQuietly(picked.worker_id, requestId);
       if (outcome.kind === 'done' || outcome.kind === 'cancelled') return;
       if (outcome.kind === 'final') throw new RouterStatusError(outcome.code, outcome.message);

@@ -92,7 +92,8 @@ export class Supervisor {
     if (this.closed) throw new Error(`${name}: not started, the stack is stopping`);
     const logFile = path.join(this.logDir, `${name}.log`);
     const log: WriteStream = createWriteStream(logFile, { flags: 'a' });
-    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env });
+    // KVFLEET_PARENT_PID: a kvfleet child stops by itself if this process dies without stopping it (bin/kvfleet.ts)
+    const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...env, KVFLEET_PARENT_PID: String(process.pid) } });
     if (proc.pid === undefined) {
       log.end();
       throw new Error(`${name}: could not start ${cmd}`);

@@ -247,7 +247,8 @@ void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* 
   const int32_t max_vis = *std::max_element(visible.begin(), visible.end());
   const size_t kstride = (size_t)Hk * d;  // key j of KV head g is at k + j * kstride + g * d
   constexpr int32_t KB = 64;
-#pragma omp parallel
+  // small scorings run on the calling thread (see kParMinWork in cpu_ops.cc): w queries of each head against its keys
+#pragma omp parallel if ((double)H * w * max_vis * d >= double(1 << 18))
   {
     std::vector<float> E((size_t)w * max_vis);  // [w, max_vis] logits, then exp(logit - max)
 #pragma omp for schedule(static)

@@ -237,6 +237,14 @@ inline void pv_cols(float* o, const float* p, const float* vb, int32_t nk, int32
 }
 #endif
 
+// Parallel regions open only for work of at least this many multiply-adds (about 20-50 us on one core). Smaller
+// ops run on the calling thread: opening a region costs a wake-up of the team (futex and IPI, tens of us on a VM),
+// and a model as small as `tiny` would otherwise keep the whole team spinning between its many tiny regions and
+// steal every core from the processes beside it (Redis, the router, the worker's event loop). The clause only
+// chooses how many threads share the same iterations: each element's arithmetic, and so batch invariance, is
+// unchanged.
+constexpr double kParMinWork = double(1 << 18);
+
 class CpuBackend final : public Backend {
  public:
   // threads: 0 = OpenMP's default. Passed to every parallel region (num_threads), because steps run on whichever
@@ -283,15 +291,16 @@ class CpuBackend final : public Backend {
     // Tile width never changes an element's arithmetic (one accumulator per (t, n), same order), so the choice by T
     // keeps batch invariance.
     const int32_t N = W.rows;
+    const bool par = (double)T * N * W.cols >= kParMinWork;
     if (T <= 2) {
       const int32_t NB = N / 8;
-#pragma omp parallel for schedule(static) num_threads(nt_)
+#pragma omp parallel for schedule(static) num_threads(nt_) if (par)
       for (int32_t b = 0; b < NB; b++) matmul_cols<8>(out, x, T, W, bias, b * 8);
       for (int32_t n = NB * 8; n < N; n++) matmul_cols<1>(out, x, T, W, bias, n);
       return;
     }
     const int32_t NB = N / 4;
-#pragma omp parallel for schedule(static) num_threads(nt_)
+#pragma omp parallel for schedule(static) num_threads(nt_) if (par)
     for (int32_t b = 0; b < NB; b++) matmul_cols<4>(out, x, T, W, bias, b * 4);
     for (int32_t n = NB * 4; n < N; n++) matmul_cols<1>(out, x, T, W, bias, n);
   }
@@ -336,13 +345,15 @@ class CpuBackend final : public Backend {
     // are then d broadcast FMAs with no horizontal sums. Each score is still one fixed-order sum over e.
     const int32_t np = (n + 7) & ~7;
     std::vector<float> kt((size_t)Hk * d * np, 0.f);
-#pragma omp parallel for num_threads(nt_) collapse(2)
+    // causal: about n*n/2 scores and as many weighted V rows per query head
+    const bool par = (double)H * n * n * d >= kParMinWork;
+#pragma omp parallel for num_threads(nt_) collapse(2) if ((double)Hk * d * n >= kParMinWork)
     for (int32_t g = 0; g < Hk; g++)
       for (int32_t e = 0; e < d; e++) {
         float* row = kt.data() + ((size_t)g * d + e) * np;
         for (int32_t j = 0; j < n; j++) row[j] = k[((size_t)j * Hk + g) * d + e];
       }
-#pragma omp parallel num_threads(nt_)
+#pragma omp parallel num_threads(nt_) if (par)
     {
       std::vector<float> s((size_t)np);
 #pragma omp for schedule(dynamic, 4) collapse(2)
@@ -382,6 +393,13 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // multiply-adds of one decode attention call: each query head scores and weights every token of its KV head
+  static bool decode_par(int32_t B, int32_t H, int32_t Hk, const PagedHead* heads, int32_t d) {
+    double tokens = 0;
+    for (int32_t i = 0; i < B * Hk; i++) tokens += heads[i].len;
+    return tokens * (H / Hk) * d * 2 >= kParMinWork;
+  }
+
   void attn_decode(float* out, const float* q, int32_t B, int32_t H, int32_t Hk, const PagedHead* heads,
                    const KVStoreDesc& kv) override {
 #ifdef KVF_AVX2
@@ -400,7 +418,7 @@ class CpuBackend final : public Backend {
     constexpr int32_t KB = 64;
     const int32_t G = H / Hk, d = kv.d, P = kv.P, nc = d / 8;
     const float scale = 1.f / std::sqrt((float)d);
-#pragma omp parallel num_threads(nt_)
+#pragma omp parallel num_threads(nt_) if (decode_par(B, H, Hk, heads, d))
     {
       std::vector<float> s;
       float* blk = static_cast<float*>(std::aligned_alloc(64, (size_t)KB * d * sizeof(float)));
@@ -509,7 +527,7 @@ class CpuBackend final : public Backend {
                           const KVStoreDesc& kv) {
     const int32_t G = H / Hk, d = kv.d, P = kv.P;
     const float scale = 1.f / std::sqrt((float)d);
-#pragma omp parallel num_threads(nt_)
+#pragma omp parallel num_threads(nt_) if (decode_par(B, H, Hk, heads, d))
     {
       std::vector<float> s, krow((size_t)d);
 #pragma omp for schedule(dynamic, 1) collapse(2)

@@ -21,7 +21,7 @@ export interface KvfleetProcess {
 
 export function spawnKvfleet(args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): KvfleetProcess {
   const child = spawn(KVFLEET_BIN, args, {
-    cwd: opts.cwd ?? REPO_ROOT, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: opts.cwd ?? REPO_ROOT, env: { ...process.env, KVFLEET_PARENT_PID: String(process.pid), ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   if (child.pid === undefined) throw new Error(`failed to spawn ${KVFLEET_BIN}`);
   let out = '';
