@@ -209,7 +209,7 @@ function argmax(z: Float32Array): number {
 }
 
 interface Trace { tokens: number[]; logits: Float32Array[]; attn: Float32Array[]; pages: number; kept: number;
-  minHead: number; maxHead: number; massKept: number[][] }
+  minHead: number; maxHead: number; massKept: number[][]; headKept: number[][] }
 
 /**
  * Prefill, then one decode step per resume token (or `steps` greedy steps without resume). Returns the logits and
@@ -219,7 +219,7 @@ async function runOne(engine: Engine, prompt: number[], budget: EngineBudget, st
     meanAttn?: Float64Array[][]): Promise<Trace> {
   const id = engine.addSequence(prompt, { temperature: 0, maxNewTokens: steps + 1, ignoreEos: true }, budget, resume);
   try {
-    const tr: Trace = { tokens: [], logits: [], attn: [], pages: 0, kept: 0, minHead: 0, maxHead: 0, massKept: [] };
+    const tr: Trace = { tokens: [], logits: [], attn: [], pages: 0, kept: 0, minHead: 0, maxHead: 0, massKept: [], headKept: [] };
     for (let s = 0; s <= steps; s++) {
       const r = await engine.step([{ id }], s > 0, s > 0);
       const sr = r.seqs.find((x) => x.id === id);
@@ -229,6 +229,8 @@ async function runOne(engine: Engine, prompt: number[], budget: EngineBudget, st
         const st = engine.seqStats(id);
         if (st.prefilling) throw new Error('bench quality: prefill did not finish in one step');
         Object.assign(tr, { pages: st.pages, kept: st.keptTokens, minHead: st.minHeadTokens, maxHead: st.maxHeadTokens });
+        const { numLayers: L, numKvHeads: Hk } = engine.info;
+        tr.headKept = Array.from({ length: L }, (_, l) => Array.from({ length: Hk }, (_, g) => engine.headPositions(id, l, g).length));
         // the window's attention mass on the tokens each head kept (ENGINE.md "Theory to test against")
         tr.massKept = (meanAttn ?? []).map((heads, l) => heads.map((m, g) => {
           let sum = 0;
@@ -247,7 +249,8 @@ async function runOne(engine: Engine, prompt: number[], budget: EngineBudget, st
   }
 }
 
-interface Acc { errNum: number; errDen: number; errLayerNum: number[]; errLayerDen: number[]; massLayer: number[]; kl: number; agree: number;
+interface Acc { errNum: number; errDen: number; errLayerNum: number[]; errLayerDen: number[]; massLayer: number[];
+  headErrNum: number[][]; headErrDen: number[][]; headKept: number[][]; kl: number; agree: number;
   steps: number; pages: number; fullPages: number; kept: number; minHead: number; maxHead: number; runs: number }
 
 export async function run(opts: BenchOptions): Promise<BenchReport> {
@@ -275,6 +278,7 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
     let done = 0;
 
     const acc = new Map<string, Acc>();
+    const grid = (): number[][] => Array.from({ length: L }, () => Array(Hk).fill(0) as number[]);
     const key = (m: string, B: number) => `${m}/${B}`;
     const shares: ProbeResult[] = [];
     const promptInfo: unknown[] = [];
@@ -301,14 +305,19 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
             if (tr.tokens[s] !== full.tokens[s]) throw new Error(`bench quality: resume token ${s} was not replayed (a bug)`);
           }
           const a = acc.get(key(method, B)) ?? { errNum: 0, errDen: 0, errLayerNum: Array(L).fill(0), errLayerDen: Array(L).fill(0),
-            massLayer: Array(L).fill(0), kl: 0, agree: 0, steps: 0, pages: 0, fullPages: 0, kept: 0, minHead: Infinity, maxHead: 0, runs: 0 };
-          const HD = H * d;
+            massLayer: Array(L).fill(0), headErrNum: grid(), headErrDen: grid(), headKept: grid(), kl: 0, agree: 0, steps: 0, pages: 0, fullPages: 0, kept: 0, minHead: Infinity, maxHead: 0, runs: 0 };
+          const HD = H * d, Gd = (H / Hk) * d;
           for (let s = 0; s < steps; s++) {
             const y = tr.attn[s], yf = full.attn[s];
             for (let l = 0; l < L; l++) {
               for (let i = l * HD; i < (l + 1) * HD; i++) {
-                a.errLayerNum[l] += Math.abs(y[i] - yf[i]);
-                a.errLayerDen[l] += Math.abs(yf[i]);
+                const e = Math.abs(y[i] - yf[i]), f = Math.abs(yf[i]);
+                a.errLayerNum[l] += e;
+                a.errLayerDen[l] += f;
+                // query heads g*G..g*G+G-1 read KV head g: their outputs are that KV head's share of the error
+                const g = Math.floor((i - l * HD) / Gd);
+                a.headErrNum[l][g] += e;
+                a.headErrDen[l][g] += f;
               }
             }
             const lp = logSoftmax(tr.logits[s]), lf = fullLogp[s];
@@ -319,6 +328,7 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
             a.steps++;
           }
           tr.massKept.forEach((heads, l) => { a.massLayer[l] += heads.reduce((x, y) => x + y, 0) / Hk; });
+          tr.headKept.forEach((heads, l) => heads.forEach((k, g) => { a.headKept[l][g] += k; }));
           a.pages += tr.pages; a.fullPages += full.pages; a.kept += tr.kept; a.runs++;
           a.minHead = Math.min(a.minHead, tr.minHead); a.maxHead = Math.max(a.maxHead, tr.maxHead);
           acc.set(key(method, B), a);
@@ -339,7 +349,11 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
           windowMassKeptPerLayer: a.massLayer.map((x) => x / a.runs),
           pagesPerSeq: a.pages / a.runs, fullPagesPerSeq: a.fullPages / a.runs, pagesVsFull: a.pages / a.fullPages,
           keptTokensPerSeq: a.kept / a.runs, fragmentation: (a.pages * P) / a.kept,
-          minHeadTokens: a.minHead, maxHeadTokens: a.maxHead, decodeSteps: a.steps };
+          minHeadTokens: a.minHead, maxHeadTokens: a.maxHead, decodeSteps: a.steps,
+          // where the budget went, per (layer, KV head): tokens kept after prefill (mean over prompts) and the
+          // relative L1 error of the outputs of the query heads reading that KV head
+          headKeptTokens: a.headKept.map((r) => r.map((k) => k / a.runs)),
+          headAttnRelL1: a.headErrNum.map((r, l) => r.map((e, g) => e / a.headErrDen[l][g])) };
         summary.set(key(method, B), { err: row.attnRelL1, kl: row.klMean, agreement: row.agreement });
         results.push(row);
       }

@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { run } from '../../bench/quality.ts';
 
 interface Row { method: string; budget: number; attnRelL1: number; klMean: number; agreement: number; pagesPerSeq: number;
-  fullPagesPerSeq: number; pagesVsFull: number; fragmentation: number; windowMassKept: number; decodeSteps: number }
+  fullPagesPerSeq: number; pagesVsFull: number; fragmentation: number; windowMassKept: number; decodeSteps: number;
+  keptTokensPerSeq: number; headKeptTokens: number[][]; headAttnRelL1: number[][] }
 
 describe('bench quality (512-token prompt, 8 decode steps)', () => {
   it('matches FULL exactly when the budget holds the whole prompt, and measures a loss when it does not', async () => {
@@ -19,12 +20,18 @@ describe('bench quality (512-token prompt, 8 decode steps)', () => {
       expect(r.decodeSteps).toBe(8);
       // 512 prompt tokens, 16 KV heads of 16-token pages
       expect(r.fullPagesPerSeq).toBe(16 * 32);
+      // the per-head table adds up to the sequence's kept tokens; SnapKV keeps B per head, Ada moves budget between heads
+      expect(r.headKeptTokens.flat().reduce((a, b) => a + b, 0)).toBe(r.keptTokensPerSeq);
+      if (r.method === 'SNAPKV') expect(new Set(r.headKeptTokens.flat())).toEqual(new Set([Math.min(r.budget, 512)]));
+      if (r.method === 'ADA_SNAPKV' && r.budget === 64) expect(new Set(r.headKeptTokens.flat()).size).toBeGreaterThan(1);
       if (r.budget === 600) {
         // n <= B: nothing compressed, so replaying FULL's tokens must reproduce FULL bit for bit
         expect(r, `${r.method}`).toMatchObject({ attnRelL1: 0, klMean: 0, agreement: 1, pagesVsFull: 1, fragmentation: 1 });
+        expect(r.headAttnRelL1.flat().every((e) => e === 0), r.method).toBe(true);
         expect(r.windowMassKept).toBeCloseTo(1, 9);
       } else {
         expect(r.attnRelL1, r.method).toBeGreaterThan(0);
+        expect(Math.max(...r.headAttnRelL1.flat()), r.method).toBeGreaterThan(0);
         expect(r.klMean, r.method).toBeGreaterThan(0);
         expect(r.pagesVsFull, r.method).toBeLessThan(0.25);
         expect(r.fragmentation, r.method).toBeGreaterThanOrEqual(1);
