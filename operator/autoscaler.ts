@@ -16,7 +16,10 @@
 //   down → drain first: the least-loaded ready workers get a drain order on the ledger's events channel; once each
 //          reports no running or waiting work (or drainTimeoutSeconds passes, or it left the ledger), their pods get
 //          controller.kubernetes.io/pod-deletion-cost so the ReplicaSet removes exactly them, and only then is the
-//          count lowered. A drain in progress is remembered across reconciles (requeued every drainPollMs).
+//          count lowered. A drain in progress is remembered across reconciles (requeued every drainPollMs) and
+//          recorded in the Fleet's status (status.scaleDown), so that an operator taking over leadership finishes it
+//          instead of choosing further workers to drain. A drain is dropped if the count changed under it (a user or
+//          another controller set spec.workers.replicas): its target no longer follows from the count it lowers.
 // With autoscaling.enabled false the reconciler never calls this: the scale subresource belongs to HPA/KEDA.
 import type { CoreV1Api, CustomObjectsApi, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
@@ -109,7 +112,8 @@ export function drainOrder(workers: readonly WorkerSnapshot[]): WorkerSnapshot[]
 }
 
 interface DrainInProgress {
-  /** the count to set once the drained workers are idle */
+  /** the count when the drain began, and the count to set once the drained workers are idle */
+  from: number;
   target: number;
   pods: string[];
   startedMs: number;
@@ -117,7 +121,7 @@ interface DrainInProgress {
 }
 
 export interface AutoscalerDeps {
-  custom: Pick<CustomObjectsApi, 'patchNamespacedCustomObjectScale'>;
+  custom: Pick<CustomObjectsApi, 'patchNamespacedCustomObjectScale' | 'patchNamespacedCustomObjectStatus'>;
   core: Pick<CoreV1Api, 'listNamespacedPod' | 'patchNamespacedPod'>;
   ledgers: LedgerPool;
   log: Logger;
@@ -125,6 +129,15 @@ export interface AutoscalerDeps {
   now?: () => number;
   /** how often a drain in progress is checked (default 1 s) */
   drainPollMs?: number;
+}
+
+/** The drain recorded in a Fleet's status, if any and well-formed. */
+export function recordedDrain(fleet: Fleet): DrainInProgress | undefined {
+  const r = fleet.status?.scaleDown;
+  if (!r || !Array.isArray(r.pods)) return undefined;
+  const startedMs = Date.parse(r.startedAt), deadlineMs = Date.parse(r.deadline);
+  if (!Number.isFinite(startedMs) || !Number.isFinite(deadlineMs)) return undefined;
+  return { from: r.fromReplicas, target: r.targetReplicas, pods: [...r.pods], startedMs, deadlineMs };
 }
 
 const isReady = (p: V1Pod) => p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true;
@@ -158,7 +171,29 @@ export class Autoscaler implements FleetAutoscaler {
     const log = this.d.log.child({ fleet: key });
     const a = fleet.spec.autoscaling;
     const current = fleet.spec.workers.replicas;
-    const pending = this.drains.get(key);
+    let pending = this.drains.get(key);
+    const recorded = recordedDrain(fleet);
+    if (!pending && recorded) {
+      // begun by an earlier leader (or by this process before a restart): finish it, telling the same workers again
+      pending = recorded;
+      this.drains.set(key, pending);
+      log.info({ from: pending.from, to: pending.target, draining: pending.pods }, 'resuming the scale-down recorded in the Fleet status');
+      if (pending.from === current && ctx.ledger && ctx.redis && pending.pods.length > 0) {
+        const ledger = await this.d.ledgers.get(fleet.metadata.namespace, fleet.metadata.name, ctx.redis);
+        for (const id of pending.pods) await ledger.drain(id, `scale-down from ${pending.from} to ${pending.target}`);
+      }
+    }
+    if (pending && pending.from !== current && current === pending.target) {
+      // finished, all but the removal of its record (the leader that lowered the count stopped before that)
+      this.drains.delete(key);
+      pending = undefined;
+    } else if (pending && pending.from !== current) {
+      log.warn({ from: pending.from, to: pending.target, now: current, draining: pending.pods },
+        'spec.workers.replicas changed during a scale-down: dropping it (the drained workers stay draining until their pods are replaced)');
+      this.drains.delete(key);
+      pending = undefined;
+    }
+    if (!pending && fleet.status?.scaleDown) await this.record(fleet, undefined);
     if (pending) return this.continueDrain(ctx, pending, log);
 
     let decider = this.deciders.get(key);
@@ -175,6 +210,15 @@ export class Autoscaler implements FleetAutoscaler {
     }
     if (d.desired < current) return this.beginDrain(ctx, d.desired, log, d.reason);
     return undefined;
+  }
+
+  /** Writes (or, with undefined, removes) status.scaleDown through the status subresource (a merge patch: the
+   *  reconciler's own status fields are left alone). */
+  private async record(fleet: Fleet, p: DrainInProgress | undefined): Promise<void> {
+    const scaleDown = p === undefined ? null : { fromReplicas: p.from, targetReplicas: p.target, pods: p.pods,
+      startedAt: new Date(p.startedMs).toISOString(), deadline: new Date(p.deadlineMs).toISOString() };
+    await this.d.custom.patchNamespacedCustomObjectStatus({ group: GROUP, version: VERSION, namespace: fleet.metadata.namespace,
+      plural: FLEET.plural, name: fleet.metadata.name, body: { status: { scaleDown } } }, MERGE_PATCH);
   }
 
   private async setReplicas(fleet: Fleet, replicas: number): Promise<void> {
@@ -201,13 +245,19 @@ export class Autoscaler implements FleetAutoscaler {
       // a ready pod missing from the ledger (no heartbeat yet) carries no work: it may go first
       const unlisted = [...readyPods].filter((p) => !ctx.ledger!.snapshot.workers.some((w) => w.worker_id === p)).sort();
       chosen = [...unlisted, ...candidates.map((w) => w.worker_id)].slice(0, fromReady);
-      const ledger = await this.d.ledgers.get(ns, fleet.metadata.name, ctx.redis);
+    }
+    const now = this.now();
+    const pending: DrainInProgress = { from: current, target, pods: chosen, startedMs: now,
+      deadlineMs: now + fleet.spec.autoscaling.drainTimeoutSeconds * 1000 };
+    // recorded before the drain orders go out: a leader that dies between the two leaves a record its successor
+    // finishes (sending the orders again), never drained workers nobody remembers
+    await this.record(fleet, pending);
+    this.drains.set(key, pending);
+    if (chosen.length > 0) {
+      const ledger = await this.d.ledgers.get(ns, fleet.metadata.name, ctx.redis!);
       for (const id of chosen) await ledger.drain(id, `scale-down from ${current} to ${target}`);
       log.info({ from: current, to: target, draining: chosen, reason }, 'scale-down: draining workers first');
     }
-    const now = this.now();
-    const pending: DrainInProgress = { target, pods: chosen, startedMs: now, deadlineMs: now + fleet.spec.autoscaling.drainTimeoutSeconds * 1000 };
-    this.drains.set(key, pending);
     return this.continueDrain(ctx, pending, log);
   }
 
@@ -230,11 +280,14 @@ export class Autoscaler implements FleetAutoscaler {
         if (!isNotFound(err)) throw err; // a pod already gone needs no cost
       }
     }
-    this.drains.delete(key);
     if (fleet.spec.workers.replicas !== p.target) {
       await this.setReplicas(fleet, p.target);
       log.info({ from: fleet.spec.workers.replicas, to: p.target, drained: p.pods, drainMs: this.now() - p.startedMs }, 'scaled down');
     }
+    // the record goes last: a leader that dies before this leaves it to a successor, which finds the count already
+    // lowered (spec.workers.replicas != from) and only removes the record
+    await this.record(fleet, undefined);
+    this.drains.delete(key);
     return undefined;
   }
 }

@@ -184,6 +184,15 @@ const fleetStatus = object({
   kvPressure: number({ minimum: 0, description: 'Fleet KV pressure (ARCHITECTURE.md, "Capacity, pressure").' }),
   capacityTokens: integer({ minimum: 0, maximum: BIG, description: 'Free compressed capacity, in tokens per KV head.' }),
   budget: string({ description: 'The resolved default KVBudget.' }),
+  scaleDown: object({
+    fromReplicas: integer({ minimum: 0, description: 'spec.workers.replicas when the scale-down began.' }),
+    targetReplicas: integer({ minimum: 0, description: 'The replica count set once the drained workers are idle.' }),
+    pods: array(string(), { 'x-kubernetes-list-type': 'set', maxItems: 1024, description: 'Workers told to drain, removed first.' }),
+    startedAt: string({ format: 'date-time' }),
+    deadline: string({ format: 'date-time', description: 'When the count goes down even if drained workers still run work.' }),
+  }, { required: ['fromReplicas', 'targetReplicas', 'pods', 'startedAt', 'deadline'],
+    description: 'A scale-down in progress (the autoscaler drains workers before lowering replicas). Kept here so that an '
+      + 'operator that takes over leadership finishes it instead of draining further workers.' }),
   conditions,
 });
 

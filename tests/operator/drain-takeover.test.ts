@@ -1,0 +1,81 @@
+// A scale-down drain survives a change of operator (leader failover, restart): the first operator records the drain
+// in the Fleet's status and orders the least-loaded worker to drain; it stops while that worker still runs work.
+// A second operator, with nothing in memory, must finish that drain (the same worker marked for removal, the count
+// lowered once it is idle) and must not choose another worker to drain. Workers here are scripted ledger entries
+// that behave as real ones do: a drain order makes the worker report draining.
+import { afterAll, beforeAll, expect, inject, it } from 'vitest';
+import { RedisLedger, type WorkerFields } from '../../ledger/index.ts';
+import { DRAINED_COST, POD_DELETION_COST } from '../../operator/autoscaler.ts';
+import { eventually } from '../kube/client.ts';
+import type { JsonObject } from '../kube/patch.ts';
+import { fleet, fleetTarget, startCluster, testOperator, type Cluster } from './helpers.ts';
+
+const redisUrl = inject('redisUrl');
+let c: Cluster;
+const stops: (() => Promise<void>)[] = [];
+beforeAll(async () => { c = await startCluster(); });
+afterAll(async () => {
+  for (const s of stops.reverse()) await s();
+  await c?.server.stop();
+});
+
+it('a second operator finishes the first one\'s scale-down drain and drains no other worker', async () => {
+  const ns = await c.namespace();
+  await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'llm', {
+    redis: { url: redisUrl }, workers: { replicas: 2 },
+    autoscaling: { enabled: true, minReplicas: 1, maxReplicas: 4, targetKVPressure: 0.7, scaleUpStabilizationSeconds: 0,
+      scaleDownStabilizationSeconds: 0, drainTimeoutSeconds: 300 },
+  }) });
+  const labels = { 'app.kubernetes.io/name': 'kvfleet', 'app.kubernetes.io/component': 'worker', 'app.kubernetes.io/instance': 'llm' };
+  for (const name of ['llm-workers-a', 'llm-workers-b']) {
+    c.server.put({ apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: ns, labels }, spec: { containers: [{ name: 'worker', image: 'kvfleet:test' }] } });
+    c.server.setStatus('', 'pods', ns, name, { phase: 'Running', podIP: '127.0.0.1', conditions: [{ type: 'Ready', status: 'True' }] });
+  }
+  // a: one stream running, little KV in use (the least loaded); b: five streams
+  const ledger = await RedisLedger.connect({ redis: redisUrl, namespace: ns, fleet: 'llm' });
+  stops.push(() => ledger.close());
+  const fields: Record<string, WorkerFields> = {
+    'llm-workers-a': { addr: '127.0.0.1:1', total_pages: 100, free_pages: 95, page_size: 16, num_layers: 2, num_kv_heads: 2, running: 1, waiting: 0, draining: false },
+    'llm-workers-b': { addr: '127.0.0.1:2', total_pages: 100, free_pages: 90, page_size: 16, num_layers: 2, num_kv_heads: 2, running: 5, waiting: 0, draining: false },
+  };
+  const orders: string[] = [];
+  const sub = await ledger.subscribe((ev) => {
+    if (ev.type !== 'drain') return;
+    orders.push(ev.worker_id);
+    if (fields[ev.worker_id]) fields[ev.worker_id].draining = true;
+  });
+  stops.push(() => sub.close());
+  const beatAll = () => Promise.all(Object.entries(fields).map(([id, f]) => ledger.heartbeat(id, f).catch(() => undefined)));
+  const beat = setInterval(() => { void beatAll(); }, 100);
+  stops.push(async () => clearInterval(beat));
+  await beatAll();
+
+  const fleetObj = () => c.server.object('kvfleet.io', 'fleets', ns, 'llm')! as { spec: { workers: { replicas: number } }; status?: { scaleDown?: JsonObject } };
+  const op1 = testOperator(c.kc, { namespace: ns });
+  await op1.start();
+  await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
+  c.server.setDeploymentStatus(ns, 'llm-workers');
+  await eventually(() => orders.includes('llm-workers-a'), 'a drain order to worker a', 10_000);
+  await eventually(() => fleetObj().status?.scaleDown !== undefined, 'the drain recorded in status', 10_000);
+  expect(fleetObj().status!.scaleDown).toMatchObject({ fromReplicas: 2, targetReplicas: 1, pods: ['llm-workers-a'] });
+  await eventually(() => fields['llm-workers-a'].draining, 'worker a draining');
+  await new Promise((r) => setTimeout(r, 300)); // a few drain polls: a still runs its stream, nothing is lowered
+  expect(fleetObj().spec.workers.replicas).toBe(2);
+  await op1.stop();
+
+  // the next leader knows nothing but what the API server and the ledger say
+  const op2 = testOperator(c.kc, { namespace: ns });
+  stops.push(() => op2.stop());
+  await op2.start();
+  await new Promise((r) => setTimeout(r, 1000)); // several reconciles while a is still busy
+  expect(fleetObj().spec.workers.replicas).toBe(2);
+  expect(orders.filter((o) => o === 'llm-workers-b')).toEqual([]);
+
+  fields['llm-workers-a'].running = 0; // a's stream finishes
+  await eventually(() => fleetObj().spec.workers.replicas === 1, 'the Fleet scaled to 1', 15_000);
+  const ann = (name: string) => ((c.server.object('', 'pods', ns, name)!.metadata as JsonObject).annotations as Record<string, string> | undefined) ?? {};
+  expect(ann('llm-workers-a')[POD_DELETION_COST]).toBe(DRAINED_COST);
+  expect(ann('llm-workers-b')[POD_DELETION_COST]).toBeUndefined();
+  expect(orders.filter((o) => o === 'llm-workers-b')).toEqual([]);
+  await eventually(() => fleetObj().status?.scaleDown === undefined, 'the record removed once done', 10_000);
+}, 60_000);
