@@ -339,6 +339,110 @@ class CpuBackend final : public Backend {
 
   void attn_prefill(float* out, const float* q, const float* k, const float* v, int32_t n, int32_t H, int32_t Hk,
                     int32_t d) override {
+#ifdef KVF_AVX2
+    if (d % 8 == 0) return attn_prefill_avx2(out, q, k, v, n, H, Hk, d);
+#endif
+    attn_prefill_generic(out, q, k, v, n, H, Hk, d);
+  }
+
+#ifdef KVF_AVX2
+  // out[cols] = sum over j < nk of p[j] * v_j[cols], j in order, NC x 8 columns held in registers; v_j = v + j*stride.
+  // Starting from zero, each column's sum is the one axpy_f32 builds row by row (fma per key, same order).
+  template <int NC>
+  static void pv_strided(float* o, const float* p, const float* v, int32_t nk, size_t stride) {
+    __m256 acc[NC];
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    for (int32_t j = 0; j < nk; j++) {
+      const __m256 pj = _mm256_set1_ps(p[j]);
+      const float* vr = v + (size_t)j * stride;
+      for (int c = 0; c < NC; c++) acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * c), acc[c]);
+    }
+    for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
+  }
+
+  // Causal prefill attention in blocks of QB query rows of one head: the rows' scores for 16 keys at a time come
+  // from 2*QB independent FMA chains that share each load of the transposed keys (the one-row version was bound by
+  // one dependent chain and one key load per FMA); each row's output columns then stay in registers while the
+  // weighted V rows stream past. Per element the arithmetic is that of attn_prefill_generic: each score one
+  // fixed-order fma chain over e, the same softmax, each output column one fma chain over keys in order; so the
+  // result is bit for bit the same, whatever the blocking and the threads.
+  void attn_prefill_avx2(float* out, const float* q, const float* k, const float* v, int32_t n, int32_t H, int32_t Hk,
+                         int32_t d) {
+    constexpr int32_t QB = 4;
+    const int32_t G = H / Hk, nc = d / 8;
+    const float scale = 1.f / std::sqrt((float)d);
+    const int32_t np = (n + 15) & ~15;  // keys transposed per KV head, kt[g][e][j], zero padded to 16
+    std::vector<float> kt((size_t)Hk * d * np, 0.f);
+#pragma omp parallel for num_threads(nt_) collapse(2) if ((double)Hk * d * n >= kParMinWork)
+    for (int32_t g = 0; g < Hk; g++)
+      for (int32_t e = 0; e < d; e++) {
+        float* row = kt.data() + ((size_t)g * d + e) * np;
+        for (int32_t j = 0; j < n; j++) row[j] = k[((size_t)j * Hk + g) * d + e];
+      }
+    const int32_t nqb = (n + QB - 1) / QB;
+    const size_t vstride = (size_t)Hk * d;
+#pragma omp parallel num_threads(nt_) if ((double)H * n * n * d >= kParMinWork)
+    {
+      std::vector<float> sbuf((size_t)QB * np);
+#pragma omp for schedule(dynamic, 1) collapse(2)
+      for (int32_t h = 0; h < H; h++)
+        for (int32_t b = 0; b < nqb; b++) {
+          const int32_t g = h / G, i0 = b * QB, nr = std::min(QB, n - i0), jmax = i0 + nr;
+          const float* ktg = kt.data() + (size_t)g * d * np;
+          const float* qr[QB];
+          for (int32_t r = 0; r < QB; r++) qr[r] = q + ((size_t)(i0 + std::min(r, nr - 1)) * H + h) * d;
+          for (int32_t j0 = 0; j0 < jmax; j0 += 16) {
+            __m256 a0[QB], a1[QB];
+            for (int32_t r = 0; r < QB; r++) { a0[r] = _mm256_setzero_ps(); a1[r] = _mm256_setzero_ps(); }
+            for (int32_t e = 0; e < d; e++) {
+              const float* kr = ktg + (size_t)e * np + j0;
+              const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8);
+              for (int32_t r = 0; r < QB; r++) {
+                const __m256 qe = _mm256_set1_ps(qr[r][e]);
+                a0[r] = _mm256_fmadd_ps(qe, k0, a0[r]);
+                a1[r] = _mm256_fmadd_ps(qe, k1, a1[r]);
+              }
+            }
+            for (int32_t r = 0; r < QB; r++) {
+              _mm256_storeu_ps(sbuf.data() + (size_t)r * np + j0, a0[r]);
+              _mm256_storeu_ps(sbuf.data() + (size_t)r * np + j0 + 8, a1[r]);
+            }
+          }
+          for (int32_t r = 0; r < nr; r++) {
+            const int32_t i = i0 + r, jn = i + 1;  // keys 0..i
+            float* sr = sbuf.data() + (size_t)r * np;
+            float mx = -INFINITY;
+            for (int32_t j = 0; j < jn; j++) {
+              sr[j] *= scale;
+              mx = std::max(mx, sr[j]);
+            }
+            float sum = 0;
+            for (int32_t j = 0; j < jn; j++) { sr[j] = std::exp(sr[j] - mx); sum += sr[j]; }
+            const float inv = 1.f / sum;
+            for (int32_t j = 0; j < jn; j++) sr[j] *= inv;
+            float* o = out + ((size_t)i * H + h) * d;
+            const float* vg = v + (size_t)g * d;
+            int32_t c = 0;
+            for (; c + 8 <= nc; c += 8) pv_strided<8>(o + 8 * c, sr, vg + 8 * c, jn, vstride);
+            switch (nc - c) {
+              case 7: pv_strided<7>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
+              case 6: pv_strided<6>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
+              case 5: pv_strided<5>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
+              case 4: pv_strided<4>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
+              case 3: pv_strided<3>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
+              case 2: pv_strided<2>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
+              case 1: pv_strided<1>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
+              default: break;
+            }
+          }
+        }
+    }
+  }
+#endif
+
+  // One query row at a time (any head dim; the reference for the blocked AVX2 version).
+  void attn_prefill_generic(float* out, const float* q, const float* k, const float* v, int32_t n, int32_t H, int32_t Hk,
+                            int32_t d) {
     const int32_t G = H / Hk;
     const float scale = 1.f / std::sqrt((float)d);
     // Keys transposed per KV head, kt[g][e][j] (j padded to a multiple of 8 with zeros): a query's scores for 8 keys
