@@ -48,6 +48,35 @@ export interface RequestTiming {
   attempts: number;
 }
 
+/** A reservation this router made while the ledger was unreachable. */
+export interface DegradedReservation { pages: number; promptTokens: number }
+
+/**
+ * Degraded-mode placement from the last ledger snapshot. Each worker's room is this router's share of its effective
+ * free pages (degradedShare) less what this router reserved there since; a worker that is draining or excluded, or
+ * has no room for `need`, is out. least-prefill (the default policy) then takes the worker with the least prefill
+ * work: the snapshot's pending prompt tokens plus those this router sent there since (the snapshot does not see
+ * them), ties to the most room; every other policy takes the most room. Ties last by worker id, so the choice is
+ * deterministic.
+ */
+export function chooseDegraded(workers: readonly WorkerSnapshot[], need: number, policy: PickPolicy, liveRouters: number,
+    local: ReadonlyMap<string, ReadonlyMap<string, DegradedReservation>>, exclude: ReadonlySet<string>):
+    { w: WorkerSnapshot; room: number } | undefined {
+  let best: { w: WorkerSnapshot; room: number; prefill: number } | undefined;
+  for (const w of workers) {
+    if (w.draining || exclude.has(w.worker_id)) continue;
+    let pages = 0, tokens = 0;
+    for (const r of local.get(w.worker_id)?.values() ?? []) { pages += r.pages; tokens += r.promptTokens; }
+    const room = degradedShare(w.effective_free, liveRouters) - pages;
+    if (room < need) continue;
+    const prefill = policy === 'least-prefill' ? (w.prefill_tokens ?? 0) + tokens : 0;
+    const better = !best || prefill < best.prefill || (prefill === best.prefill
+      && (room > best.room || (room === best.room && w.worker_id < best.w.worker_id)));
+    if (better) best = { w, room, prefill };
+  }
+  return best && { w: best.w, room: best.room };
+}
+
 // Sampling seeds (the router fixes one per request, so a migrated stream draws the same tokens) come from a pool of
 // random bytes refilled 128 seeds at a time: one CSPRNG call per 128 requests instead of one per request.
 const SEED_POOL_BYTES = 8 * 128;
@@ -76,7 +105,7 @@ export class Router {
   private liveRouters = 1;
   private degraded = false;
   // degraded-mode reservations made by this router: worker id -> request id -> pages
-  private readonly localReserved = new Map<string, Map<string, number>>();
+  private readonly localReserved = new Map<string, Map<string, DegradedReservation>>();
   private timers: NodeJS.Timeout[] = [];
   private metricsServer: http.Server | undefined;
   private closed = false;
@@ -284,7 +313,7 @@ export class Router {
         if (!(err instanceof LedgerError && err.code === 'unavailable')) throw err;
         this.setDegraded(true);
       }
-      if (this.degraded) picked = this.pickDegraded(need, requestId, exclude);
+      if (this.degraded) picked = this.pickDegraded(need, promptTokens, requestId, exclude);
       if (picked && exclude.has(picked.worker_id)) {
         // a worker this request already failed on: give its reservation back and look again shortly
         await this.releaseQuietly(picked.worker_id, requestId);
@@ -304,19 +333,13 @@ export class Router {
   }
 
   /** Degraded pick: the worker with the largest share of effective free pages this router may use. */
-  private pickDegraded(need: number, requestId: string, exclude: Set<string>): PickResult | null {
-    const ws: WorkerSnapshot[] = this.snapshot?.workers ?? [];
-    let best: { w: WorkerSnapshot; room: number } | undefined;
-    for (const w of ws) {
-      if (w.draining || exclude.has(w.worker_id)) continue;
-      const mine = [...(this.localReserved.get(w.worker_id)?.values() ?? [])].reduce((a, b) => a + b, 0);
-      const room = degradedShare(w.effective_free, this.liveRouters) - mine;
-      if (room >= need && (!best || room > best.room)) best = { w, room };
-    }
+  private pickDegraded(need: number, promptTokens: number, requestId: string, exclude: Set<string>): PickResult | null {
+    const best = chooseDegraded(this.snapshot?.workers ?? [], need, this.config.policy as PickPolicy, this.liveRouters,
+      this.localReserved, exclude);
     if (!best) return null;
     let m = this.localReserved.get(best.w.worker_id);
     if (!m) this.localReserved.set(best.w.worker_id, (m = new Map()));
-    m.set(requestId, need);
+    m.set(requestId, { pages: need, promptTokens });
     return { worker_id: best.w.worker_id, addr: best.w.addr, effective_free_after: best.room - need };
   }
 
