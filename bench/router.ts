@@ -171,6 +171,16 @@ async function startWorkerChild(modelDir: string, redisUrl: string, ledger: Redi
   }
 }
 
+/** SIGTERM, SIGKILL after 5 s; resolves once the child has exited (at once if it already had). */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(t);
+}
+
 /** A free loopback TCP port (bound, read, released). */
 async function freePort(): Promise<number> {
   const srv = net.createServer();
@@ -392,21 +402,9 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
   } finally {
     for (const c of clients) c.close();
     if (router) await router.close();
-    if (routerChild && routerChild.exitCode === null && routerChild.signalCode === null) {
-      const exited = new Promise((r) => routerChild!.once('exit', r));
-      routerChild.kill('SIGTERM');
-      const t = setTimeout(() => routerChild!.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
-    }
+    if (routerChild) await stopChild(routerChild);
     if (probe) await probe.close();
-    if (worker && worker.exitCode === null && worker.signalCode === null) {
-      const exited = new Promise((r) => worker!.once('exit', r));
-      worker.kill('SIGTERM');
-      const t = setTimeout(() => worker!.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(t);
-    }
+    if (worker) await stopChild(worker);
     await ledger.close();
     await server.stop();
     rmSync(modelDir, { recursive: true, force: true });

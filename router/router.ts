@@ -104,7 +104,7 @@ export class Router {
   private budgets: { all: Record<string, BudgetSpec>; def: string | null } | undefined;
   private liveRouters = 1;
   private degraded = false;
-  // degraded-mode reservations made by this router: worker id -> request id -> pages
+  // degraded-mode reservations made by this router: worker id -> request id -> pages and prompt tokens
   private readonly localReserved = new Map<string, Map<string, DegradedReservation>>();
   private timers: NodeJS.Timeout[] = [];
   private metricsServer: http.Server | undefined;
@@ -332,7 +332,7 @@ export class Router {
     }
   }
 
-  /** Degraded pick: the worker with the largest share of effective free pages this router may use. */
+  /** Degraded pick from the last snapshot (chooseDegraded), reserved locally until released. */
   private pickDegraded(need: number, promptTokens: number, requestId: string, exclude: Set<string>): PickResult | null {
     const best = chooseDegraded(this.snapshot?.workers ?? [], need, this.config.policy as PickPolicy, this.liveRouters,
       this.localReserved, exclude);
@@ -437,7 +437,7 @@ export class Router {
 
   /** Streams one worker's answer to the client. */
   private forward(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, picked: PickResult,
-    wreq: GenerateRequest, onIssued: () => void, onTokens: (t: number[]) => void, onWritten?: () => void):
+    wreq: GenerateRequest, onIssued: () => void, onTokens: (t: number[]) => void, onWritten: () => void):
     Promise<{ kind: 'done' } | { kind: 'cancelled' } | { kind: 'final'; code: grpc.status; message: string } |
       { kind: 'failed' | 'busy'; message: string }> {
     return new Promise((resolve) => {
@@ -455,7 +455,7 @@ export class Router {
       ws.on('data', (msg: GenerateResponse) => {
         onTokens(msg.token_ids ?? []);
         call.write(msg);
-        onWritten?.();
+        onWritten();
         if (msg.finish_reason && msg.finish_reason !== 'FINISH_REASON_UNSPECIFIED') finished = true;
       });
       ws.on('error', (err: grpc.ServiceError) => {

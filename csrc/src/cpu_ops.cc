@@ -223,17 +223,32 @@ inline __m256 exp8_nonpos(__m256 x) {
   const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
 }
-// acc[0..NC) (NC x 8 output columns) += sum over the block's keys j of p[j] * v[j][cols], j in order.
+// o[0..8*NC) += sum over keys j < nk of p[j] * v_j[cols], j in order, the columns held in registers; v_j = v + j*stride.
 template <int NC>
-inline void pv_cols(float* o, const float* p, const float* vb, int32_t nk, int32_t d) {
+inline void pv_cols(float* o, const float* p, const float* v, int32_t nk, size_t stride) {
   __m256 acc[NC];
   for (int c = 0; c < NC; c++) acc[c] = _mm256_loadu_ps(o + 8 * c);
   for (int32_t j = 0; j < nk; j++) {
     const __m256 pj = _mm256_set1_ps(p[j]);
-    const float* vr = vb + (size_t)j * d;
+    const float* vr = v + (size_t)j * stride;
     for (int c = 0; c < NC; c++) acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * c), acc[c]);
   }
   for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
+}
+// o[0..8*nc) += sum over keys j < nk of p[j] * v_j[0..8*nc): pv_cols over the columns, at most 8 vectors at a time.
+inline void pv_row(float* o, const float* p, const float* v, int32_t nk, size_t stride, int32_t nc) {
+  int32_t c = 0;
+  for (; c + 8 <= nc; c += 8) pv_cols<8>(o + 8 * c, p, v + 8 * c, nk, stride);
+  switch (nc - c) {
+    case 7: pv_cols<7>(o + 8 * c, p, v + 8 * c, nk, stride); break;
+    case 6: pv_cols<6>(o + 8 * c, p, v + 8 * c, nk, stride); break;
+    case 5: pv_cols<5>(o + 8 * c, p, v + 8 * c, nk, stride); break;
+    case 4: pv_cols<4>(o + 8 * c, p, v + 8 * c, nk, stride); break;
+    case 3: pv_cols<3>(o + 8 * c, p, v + 8 * c, nk, stride); break;
+    case 2: pv_cols<2>(o + 8 * c, p, v + 8 * c, nk, stride); break;
+    case 1: pv_cols<1>(o + 8 * c, p, v + 8 * c, nk, stride); break;
+    default: break;
+  }
 }
 #endif
 
@@ -346,24 +361,10 @@ class CpuBackend final : public Backend {
   }
 
 #ifdef KVF_AVX2
-  // out[cols] = sum over j < nk of p[j] * v_j[cols], j in order, NC x 8 columns held in registers; v_j = v + j*stride.
-  // Starting from zero, each column's sum is the one axpy_f32 builds row by row (fma per key, same order).
-  template <int NC>
-  static void pv_strided(float* o, const float* p, const float* v, int32_t nk, size_t stride) {
-    __m256 acc[NC];
-    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
-    for (int32_t j = 0; j < nk; j++) {
-      const __m256 pj = _mm256_set1_ps(p[j]);
-      const float* vr = v + (size_t)j * stride;
-      for (int c = 0; c < NC; c++) acc[c] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vr + 8 * c), acc[c]);
-    }
-    for (int c = 0; c < NC; c++) _mm256_storeu_ps(o + 8 * c, acc[c]);
-  }
-
   // Causal prefill attention in blocks of QB query rows of one head: the rows' scores for 16 keys at a time come
   // from 2*QB independent FMA chains that share each load of the transposed keys (the one-row version was bound by
   // one dependent chain and one key load per FMA); each row's output columns then stay in registers while the
-  // weighted V rows stream past. Per element the arithmetic is that of attn_prefill_generic: each score one
+  // weighted V rows stream past (pv_row). Per element the arithmetic is that of attn_prefill_generic: each score one
   // fixed-order fma chain over e, the same softmax, each output column one fma chain over keys in order; so the
   // result is bit for bit the same, whatever the blocking and the threads.
   void attn_prefill_avx2(float* out, const float* q, const float* k, const float* v, int32_t n, int32_t H, int32_t Hk,
@@ -420,20 +421,10 @@ class CpuBackend final : public Backend {
             for (int32_t j = 0; j < jn; j++) { sr[j] = std::exp(sr[j] - mx); sum += sr[j]; }
             const float inv = 1.f / sum;
             for (int32_t j = 0; j < jn; j++) sr[j] *= inv;
+            // from zero, each column is the fma chain over keys in order that axpy_f32 builds in the generic version
             float* o = out + ((size_t)i * H + h) * d;
-            const float* vg = v + (size_t)g * d;
-            int32_t c = 0;
-            for (; c + 8 <= nc; c += 8) pv_strided<8>(o + 8 * c, sr, vg + 8 * c, jn, vstride);
-            switch (nc - c) {
-              case 7: pv_strided<7>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
-              case 6: pv_strided<6>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
-              case 5: pv_strided<5>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
-              case 4: pv_strided<4>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
-              case 3: pv_strided<3>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
-              case 2: pv_strided<2>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
-              case 1: pv_strided<1>(o + 8 * c, sr, vg + 8 * c, jn, vstride); break;
-              default: break;
-            }
+            std::fill(o, o + d, 0.f);
+            pv_row(o, sr, v + (size_t)g * d, jn, vstride, nc);
           }
         }
     }
@@ -595,19 +586,7 @@ class CpuBackend final : public Backend {
             widen(j0, nk, (size_t)P * d);
             for (int32_t r = 0; r < G; r++) {
               const float* pr = s.data() + (size_t)r * lp + j0;
-              float* orow = o + (size_t)r * d;
-              int32_t c = 0;
-              for (; c + 8 <= nc; c += 8) pv_cols<8>(orow + 8 * c, pr, blk + 8 * c, nk, d);
-              switch (nc - c) {
-                case 7: pv_cols<7>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
-                case 6: pv_cols<6>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
-                case 5: pv_cols<5>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
-                case 4: pv_cols<4>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
-                case 3: pv_cols<3>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
-                case 2: pv_cols<2>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
-                case 1: pv_cols<1>(orow + 8 * c, pr, blk + 8 * c, nk, d); break;
-                default: break;
-              }
+              pv_row(o + (size_t)r * d, pr, blk, nk, (size_t)d, nc);
             }
           }
         }

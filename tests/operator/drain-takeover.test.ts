@@ -8,7 +8,7 @@ import { RedisLedger, type WorkerFields } from '../../ledger/index.ts';
 import { DRAINED_COST, POD_DELETION_COST } from '../../operator/autoscaler.ts';
 import { eventually } from '../kube/client.ts';
 import type { JsonObject } from '../kube/patch.ts';
-import { fleet, fleetTarget, startCluster, testOperator, type Cluster } from './helpers.ts';
+import { fleet, fleetTarget, readyWorkerPod, startCluster, testOperator, type Cluster } from './helpers.ts';
 
 const redisUrl = inject('redisUrl');
 let c: Cluster;
@@ -26,11 +26,7 @@ it('a second operator finishes the first one\'s scale-down drain and drains no o
     autoscaling: { enabled: true, minReplicas: 1, maxReplicas: 4, targetKVPressure: 0.7, scaleUpStabilizationSeconds: 0,
       scaleDownStabilizationSeconds: 0, drainTimeoutSeconds: 300 },
   }) });
-  const labels = { 'app.kubernetes.io/name': 'kvfleet', 'app.kubernetes.io/component': 'worker', 'app.kubernetes.io/instance': 'llm' };
-  for (const name of ['llm-workers-a', 'llm-workers-b']) {
-    c.server.put({ apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: ns, labels }, spec: { containers: [{ name: 'worker', image: 'kvfleet:test' }] } });
-    c.server.setStatus('', 'pods', ns, name, { phase: 'Running', podIP: '127.0.0.1', conditions: [{ type: 'Ready', status: 'True' }] });
-  }
+  for (const name of ['llm-workers-a', 'llm-workers-b']) readyWorkerPod(c.server, ns, 'llm', name);
   // a: one stream running, little KV in use (the least loaded); b: five streams
   const ledger = await RedisLedger.connect({ redis: redisUrl, namespace: ns, fleet: 'llm' });
   stops.push(() => ledger.close());

@@ -16,7 +16,7 @@ import { freePort } from '../harness/ports.ts';
 import { spawnKvfleet, type KvfleetProcess } from '../harness/proc.ts';
 import { eventually } from '../kube/client.ts';
 import type { JsonObject } from '../kube/patch.ts';
-import { fleet, fleetTarget, startCluster, testOperator, type Cluster } from './helpers.ts';
+import { fleet, fleetTarget, readyWorkerPod, startCluster, testOperator, type Cluster } from './helpers.ts';
 
 const redisUrl = inject('redisUrl');
 const TOKENS = 4000;
@@ -39,15 +39,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const WORKER_LABELS = (fleetName: string) => ({ 'app.kubernetes.io/name': 'kvfleet', 'app.kubernetes.io/component': 'worker',
-  'app.kubernetes.io/instance': fleetName });
-
-function readyPod(ns: string, name: string): void {
-  c.server.put({ apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: ns, labels: WORKER_LABELS('llm') },
-    spec: { containers: [{ name: 'worker', image: 'kvfleet:test' }] } });
-  c.server.setStatus('', 'pods', ns, name, { phase: 'Running', podIP: '127.0.0.1', conditions: [{ type: 'Ready', status: 'True' }] });
-}
-
 it('drains the least-loaded worker (a real worker process) before lowering replicas; its running stream completes', async () => {
   const ns = await c.namespace();
   await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'llm', {
@@ -55,8 +46,8 @@ it('drains the least-loaded worker (a real worker process) before lowering repli
     autoscaling: { enabled: true, minReplicas: 1, maxReplicas: 4, targetKVPressure: 0.7, scaleUpStabilizationSeconds: 0,
       scaleDownStabilizationSeconds: 0, drainTimeoutSeconds: 120 },
   }) });
-  readyPod(ns, 'llm-workers-real');
-  readyPod(ns, 'llm-workers-busy');
+  readyWorkerPod(c.server, ns, 'llm', 'llm-workers-real');
+  readyWorkerPod(c.server, ns, 'llm', 'llm-workers-busy');
 
   // the real worker
   const port = await freePort();

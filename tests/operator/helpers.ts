@@ -72,3 +72,10 @@ export function testOperator(kc: KubeConfig, extra: { namespace?: string } = {})
 /** Calls that change something, as the API server recorded them. */
 export const writes = (server: KubeApiServer, namespace: string) => server.calls()
   .filter((c) => c.namespace === namespace && ['create', 'update', 'patch', 'delete', 'deletecollection'].includes(c.verb));
+
+/** A ready worker pod of fleet `fleetName`, as its Deployment would make it (the labels the operator selects by). */
+export function readyWorkerPod(server: KubeApiServer, namespace: string, fleetName: string, name: string): void {
+  const labels = { 'app.kubernetes.io/name': 'kvfleet', 'app.kubernetes.io/component': 'worker', 'app.kubernetes.io/instance': fleetName };
+  server.put({ apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace, labels }, spec: { containers: [{ name: 'worker', image: 'kvfleet:test' }] } });
+  server.setStatus('', 'pods', namespace, name, { phase: 'Running', podIP: '127.0.0.1', conditions: [{ type: 'Ready', status: 'True' }] });
+}
