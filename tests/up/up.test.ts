@@ -116,14 +116,17 @@ describe('kvfleet up', () => {
         return JSON.parse(docs[docs.length - 1]) as ReturnType<typeof statusDoc>;
       };
       const served = () => lastDoc().workers.reduce((a, w) => a + (w.requests ?? 0), 0);
-      // wait for the counts and for the pages of the last request to show as free (the status lags a heartbeat)
-      const settled = () => served() >= 4 && lastDoc().workers.every((w) => w.free_pages === w.total_pages);
+      // wait for the counts, for the pages of the last request to show as free (the status lags a heartbeat) and
+      // for the router's reservation to be released (it does so after the stream ends, so a document can fall between)
+      const settled = () => served() >= 4
+        && lastDoc().workers.every((w) => w.free_pages === w.total_pages && w.reserved_pages === 0);
       for (const t0 = Date.now(); !settled() && Date.now() - t0 < 10_000;) await new Promise((res) => setTimeout(res, 200));
       const last = lastDoc();
       expect(last.workers.map((w) => w.worker_id)).toEqual(['w0', 'w1']);
       for (const w of last.workers) {
         expect(w.total_pages).toBe(8 * 2 ** 20 / (2 * 16 * 16 * 2));  // 8 MiB of f16 pages, P = 16, d = 16
         expect(w.free_pages).toBe(w.total_pages);
+        expect(w.reserved_pages).toBe(0);
         expect(w.pressure).toBe(0);
       }
       expect(served()).toBe(4);  // the demo, two CLI requests and the gRPC one (the refused one is not OK)
