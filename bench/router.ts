@@ -1,9 +1,13 @@
 // `kvfleet bench router`: what the router adds to the time to first token (issue 13, "Benchmark"). A real
 // redis-server, one `kvfleet worker` child process on the synthetic `tiny` model in a fleet on that Redis, and a
-// `kvfleet router` child process over the same fleet (--router-mode inprocess: a Router in this process instead). Each pair sends one request straight to the worker and the same
-// request through the router, back to back, the order alternating pair by pair, one request in flight at a time;
-// TTFT is client-side, from the call to the first message that carries a token.
-//   added latency = router TTFT − direct TTFT of the same pair (p50/p99 of the paired differences, and of each side)
+// `kvfleet router` child process over the same fleet (--router-mode inprocess: a Router in this process instead). Each
+// round ("pair") sends one request straight to the worker, the same request through the router and the same request
+// through a bare forwarding process (bench/grpc-hop-child.ts), back to back, the order rotating round by round, one
+// request in flight at a time; TTFT is client-side, from the call to the first message that carries a token.
+//   added latency = router TTFT − direct TTFT of the same round (p50/p99 of the paired differences, and of each side)
+//   hop_added = bare-hop TTFT − direct TTFT: what one more grpc-js process on the path costs here, before any
+//   routing work; router_minus_hop = router TTFT − bare-hop TTFT: the router's own work (tokenizer, ledger pick and
+//   release, metrics) beyond that hop
 // Prompts: ~8 and 2048 token ids (the router forwards them as they are), and text of about the same lengths (the
 // router tokenizes, then forwards ids; the worker tokenizes when called directly), plus the router's tokenizer
 // (worker/tokenizer.ts, the one Router loads) timed alone on the same text.
@@ -51,6 +55,7 @@ const FLEET = 'bench/router';
 const PROBE_HOST = '127.0.0.2';
 const MODEL_SEED = 11;
 const KVFLEET_TS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/kvfleet.ts');
+const HOP_TS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'grpc-hop-child.ts');
 const round = (x: number, digits = 4): number => Number(x.toFixed(digits));
 
 function intArg(opts: BenchOptions, name: string, def: number): number {
@@ -208,6 +213,23 @@ async function startRouterChild(modelDir: string, redisUrl: string): Promise<{ c
   }
 }
 
+/** Starts bench/grpc-hop-child.ts, a bare forwarding process in front of the worker (the floor under any router
+ *  process); resolves with its port. It exits when its stdin closes. */
+async function startHopChild(workerAddr: string): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(process.execPath, [HOP_TS, workerAddr], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const m = /hop listening on (\d+)/.exec(out);
+    if (m) return { child, port: Number(m[1]) };
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`bench router: the hop process exited: ${out.trim()}`);
+    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`bench router: the hop process did not start in 60 s: ${out.trim()}`); }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** Cumulative bucket counts (upper bound in seconds → count), sum and count of one Prometheus histogram. */
 interface Hist { le: number[]; counts: number[]; sum: number; count: number }
 async function scrapeHist(metricsPort: number, name: string): Promise<Hist> {
@@ -269,6 +291,7 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
   let routerChild: ChildProcess | undefined;
   let routerPort: number, routerMetricsPort = 0;
   let probe: Awaited<ReturnType<typeof startProbe>> | undefined;
+  let hopChild: ChildProcess | undefined;
   const clients: GenerationClient[] = [];
   const [namespace, fleet] = FLEET.split('/');
   const ledger = await RedisLedger.connect({ redis: server.url, namespace, fleet });
@@ -291,14 +314,19 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
     // direct calls go through the probe as the router's do (the worker's advertised address)
     const direct = generationClient(`${PROBE_HOST}:${w.port}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
     const routed = generationClient(`127.0.0.1:${routerPort}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
-    clients.push(direct, routed);
+    // the bare hop forwards to the worker's advertised address too, through the probe
+    const hc = await startHopChild(`${PROBE_HOST}:${w.port}`);
+    hopChild = hc.child;
+    const hop = generationClient(`127.0.0.1:${hc.port}`, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 64 << 20 });
+    clients.push(direct, routed, hop);
     const V = tok.vocabSize;
     // two new tokens: the first is what is timed; the stream still ends through the normal finish path
     const sampling = { max_new_tokens: 2, temperature: 0, ignore_eos: true };
     const results: unknown[] = [{
       name: 'setup', model: 'tiny (synthetic, L=2, Hk=2)', worker: 'kvfleet worker child process, 65536 pages, reserve admission',
       router: `${mode === 'process' ? '`kvfleet router` child process' : 'in-process Router'} over the Redis ledger, policy least-prefill (the default), no budget named (fleet default resolved per request)`,
-      redis: 'local redis-server', sampling, order: 'direct and routed back to back per pair, order alternating',
+      redis: 'local redis-server', sampling, order: 'direct, routed and bare hop back to back per round, order rotating',
+      hop: 'bench/grpc-hop-child.ts: a grpc-js process that only forwards each call to the worker (no tokenizer, ledger or metrics): the cost of one more process on the path, which any router pays',
       probe: 'direct and routed calls both pass the frame-header probe on the worker\'s advertised address',
       load_avg_1m_start: round(os.loadavg()[0], 2),
     }];
@@ -315,6 +343,7 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
         ? { prompt: 'text', text: texts[i % texts.length], sampling }
         : { prompt: 'token_ids', token_ids: { ids: idsOf(c.tokens, i, V) }, sampling });
       const dt: number[] = [], rt: number[] = [], added: number[] = [], overhead: number[] = [], corrected: number[] = [];
+      const ht: number[] = [], hopAdded: number[] = [], hopCorrected: number[] = [], routerOverHop: number[] = [], routerOverHopCorrected: number[] = [];
       const internal: number[] = [], pick: number[] = [];
       /** client-side TTFT and the part of it outside the worker (TTFT − the probe's worker time) */
       const timed = async (gen: GenerationClient, r: GenerateRequest, what: string): Promise<[number, number]> => {
@@ -340,14 +369,17 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
       const tick = opts.json ? () => {} : progress(`bench router: ${c.name}`);
       for (let i = -c.warmup; i < c.pairs; i++) {
         const r = req(i + c.warmup);
-        let d: [number, number], t: [number, number];
-        if (i % 2 === 0) { d = await timed(direct, r, 'direct'); t = await routedOnce(r); } else { t = await routedOnce(r); d = await timed(direct, r, 'direct'); }
+        let d: [number, number] = [0, 0], t: [number, number] = [0, 0], h: [number, number] = [0, 0];
+        const calls = [async () => { d = await timed(direct, r, 'direct'); }, async () => { t = await routedOnce(r); }, async () => { h = await timed(hop, r, 'hop'); }];
+        const k = ((i % 3) + 3) % 3;
+        for (let j = 0; j < 3; j++) await calls[(k + j) % 3]();
         if (i < 0) {
           internal.pop(); pick.pop();
           if (i === -1 && !router) hist0 = [await scrapeHist(routerMetricsPort, 'kvfleet_router_overhead_seconds'), await scrapeHist(routerMetricsPort, 'kvfleet_router_pick_seconds')];
           continue;
         }
         dt.push(d[0]); rt.push(t[0]); added.push(t[0] - d[0]); overhead.push(t[1]); corrected.push(t[1] - d[1]);
+        ht.push(h[0]); hopAdded.push(h[0] - d[0]); hopCorrected.push(h[1] - d[1]); routerOverHop.push(t[0] - h[0]); routerOverHopCorrected.push(t[1] - h[1]);
         if (i % 50 === 49 || i === c.pairs - 1) tick(i + 1, c.pairs);
       }
       const promptTokens = c.kind === 'text' ? Math.round(texts.reduce((a, s) => a + tok.encode(s).length, 0) / texts.length) : c.tokens;
@@ -355,6 +387,8 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
       const entry: Record<string, unknown> = { name: c.name, prompt: c.kind, prompt_tokens: promptTokens, pairs: c.pairs,
         direct_ttft: stats(dt), router_ttft: stats(rt), added: stats(added), router_overhead: stats(overhead),
         added_worker_corrected: stats(corrected),
+        hop_ttft: stats(ht), hop_added: stats(hopAdded), hop_added_worker_corrected: stats(hopCorrected),
+        router_minus_hop: stats(routerOverHop), router_minus_hop_worker_corrected: stats(routerOverHopCorrected),
         ...(router ? { router_internal: stats(internal), router_pick: stats(pick) } : {
           router_internal: histStats(hist0![0], await scrapeHist(routerMetricsPort, 'kvfleet_router_overhead_seconds')),
           router_pick: histStats(hist0![1], await scrapeHist(routerMetricsPort, 'kvfleet_router_pick_seconds')) }),
@@ -403,6 +437,7 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
     for (const c of clients) c.close();
     if (router) await router.close();
     if (routerChild) await stopChild(routerChild);
+    if (hopChild) { hopChild.stdin!.end(); await stopChild(hopChild); }
     if (probe) await probe.close();
     if (worker) await stopChild(worker);
     await ledger.close();

@@ -379,6 +379,11 @@ export class MemoryLedger implements Ledger {
     return this.publish(reason === undefined ? { type: 'drain', worker_id: workerId } : { type: 'drain', worker_id: workerId, reason });
   }
 
+  async undrain(workerId: string, reason?: string): Promise<number> {
+    checkWorkerId(workerId);
+    return this.publish(reason === undefined ? { type: 'undrain', worker_id: workerId } : { type: 'undrain', worker_id: workerId, reason });
+  }
+
   async subscribe(onEvent: (e: LedgerEvent) => void, onError: (e: LedgerError) => void = () => {}): Promise<Subscription> {
     this.state('subscribe');
     const unsubscribe = this.backend.subscribe(this.channel, (raw) => {

@@ -328,6 +328,11 @@ export class RedisLedger implements Ledger {
     return this.publish(reason === undefined ? { type: 'drain', worker_id: workerId } : { type: 'drain', worker_id: workerId, reason });
   }
 
+  async undrain(workerId: string, reason?: string): Promise<number> {
+    checkWorkerId(workerId);
+    return this.publish(reason === undefined ? { type: 'undrain', worker_id: workerId } : { type: 'undrain', worker_id: workerId, reason });
+  }
+
   async subscribe(onEvent: (e: LedgerEvent) => void, onError: (e: LedgerError) => void = this.onError): Promise<Subscription> {
     if (this.closed) throw new LedgerError('closed', 'ledger subscribe: the ledger is closed');
     // A subscribed connection can run nothing else, so each subscription has its own; ioredis re-subscribes

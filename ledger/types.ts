@@ -114,6 +114,9 @@ export const BudgetSpecSchema = z.looseObject({
 export const LedgerEventSchema = z.discriminatedUnion('type', [
   /** the operator orders a worker to drain (CONTRACTS.md, "Drain") */
   z.object({ type: z.literal('drain'), worker_id: z.string().min(1), reason: z.string().optional() }),
+  /** the operator takes back a drain order it no longer needs (a scale-down dropped): the worker admits again,
+   *  unless it is shutting down (SIGTERM) */
+  z.object({ type: z.literal('undrain'), worker_id: z.string().min(1), reason: z.string().optional() }),
   /** a budget was created or changed (spec), or deleted (spec null) */
   z.object({ type: z.literal('budget'), name: z.string().min(1), spec: BudgetSpecSchema.nullable() }),
   /** the fleet's default budget name changed (null: none) */
@@ -121,6 +124,7 @@ export const LedgerEventSchema = z.discriminatedUnion('type', [
 ]);
 export type LedgerEvent =
   | { type: 'drain'; worker_id: string; reason?: string }
+  | { type: 'undrain'; worker_id: string; reason?: string }
   | { type: 'budget'; name: string; spec: BudgetSpec | null }
   | { type: 'default_budget'; name: string | null };
 
@@ -196,6 +200,8 @@ export interface Ledger {
   publish(event: LedgerEvent): Promise<number>;
   /** Publishes a drain order for a worker. */
   drain(workerId: string, reason?: string): Promise<number>;
+  /** Publishes an order taking back an earlier drain order for a worker. */
+  undrain(workerId: string, reason?: string): Promise<number>;
   /** Delivers every well-formed event of this fleet to onEvent; malformed messages and connection errors go to
    *  onError (never thrown). Resolves once the subscription is active. */
   subscribe(onEvent: (e: LedgerEvent) => void, onError?: (e: LedgerError) => void): Promise<Subscription>;

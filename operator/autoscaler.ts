@@ -19,7 +19,8 @@
 //          count lowered. A drain in progress is remembered across reconciles (requeued every drainPollMs) and
 //          recorded in the Fleet's status (status.scaleDown), so that an operator taking over leadership finishes it
 //          instead of choosing further workers to drain. A drain is dropped if the count changed under it (a user or
-//          another controller set spec.workers.replicas): its target no longer follows from the count it lowers.
+//          another controller set spec.workers.replicas): its target no longer follows from the count it lowers, and
+//          its workers get undrain orders (they admit again; one shutting down on SIGTERM ignores it).
 // With autoscaling.enabled false the reconciler never calls this: the scale subresource belongs to HPA/KEDA.
 import type { CoreV1Api, CustomObjectsApi, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
@@ -189,7 +190,12 @@ export class Autoscaler implements FleetAutoscaler {
       pending = undefined;
     } else if (pending && pending.from !== current) {
       log.warn({ from: pending.from, to: pending.target, now: current, draining: pending.pods },
-        'spec.workers.replicas changed during a scale-down: dropping it (the drained workers stay draining until their pods are replaced)');
+        'spec.workers.replicas changed during a scale-down: dropping it and taking back its drain orders');
+      // the drained workers serve again (undrain orders); a later scale-down chooses afresh
+      if (ctx.ledger && ctx.redis && pending.pods.length > 0) {
+        const ledger = await this.d.ledgers.get(fleet.metadata.namespace, fleet.metadata.name, ctx.redis);
+        for (const id of pending.pods) await ledger.undrain(id, `scale-down from ${pending.from} to ${pending.target} dropped: replicas set to ${current}`);
+      }
       this.drains.delete(key);
       pending = undefined;
     }

@@ -47,6 +47,8 @@ export interface FleetMemberOptions {
   queued(): string[];
   /** a drain order for this worker arrived on the events channel */
   onDrainOrder(reason: string | undefined): void;
+  /** an order taking back a drain order for this worker arrived */
+  onUndrainOrder(reason: string | undefined): void;
 }
 
 /** A URL with any password replaced, for logs. */
@@ -238,10 +240,10 @@ export class FleetMember {
   }
 
   private onEvent(ev: LedgerEvent): void {
-    if (ev.type === 'drain') {
+    if (ev.type === 'drain' || ev.type === 'undrain') {
       if (ev.worker_id === this.o.workerId) {
-        this.log.info({ reason: ev.reason }, 'drain order from the events channel');
-        this.o.onDrainOrder(ev.reason);
+        this.log.info({ reason: ev.reason }, `${ev.type} order from the events channel`);
+        if (ev.type === 'drain') this.o.onDrainOrder(ev.reason); else this.o.onUndrainOrder(ev.reason);
       }
       return;
     }

@@ -224,6 +224,12 @@ export class Scheduler {
 
   /** Stops admitting new requests (Drain); queued and running ones still finish. */
   stopAdmitting(): void { this.admitting = false; }
+  /** Admits new requests again after stopAdmitting (an undrain order); false, and nothing changes, once closing. */
+  resumeAdmitting(): boolean {
+    if (this.closing) return false;
+    this.admitting = true;
+    return true;
+  }
 
   /** Resolves when nothing is running or waiting. */
   idle(): Promise<void> {

@@ -55,6 +55,9 @@ export interface RunningWorker {
   /** Worker.Drain: stop admitting (new requests UNAVAILABLE), health NOT_SERVING, an immediate heartbeat with
    *  draining=1 (whose delivery the returned promise awaits); resolves with the running count. */
   drain(): Promise<number>;
+  /** Takes a drain back (the operator's undrain order): admits again, health SERVING, an immediate heartbeat with
+   *  draining=0. Resolves false, changing nothing, once shutdown has begun: SIGTERM's drain is never taken back. */
+  undrain(): Promise<boolean>;
   readonly draining: boolean;
   /**
    * Graceful stop (SIGTERM): drain, let running and queued work finish for up to graceMs (default
@@ -283,6 +286,18 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
     await fleet?.heartbeatNow();  // draining=1 in the ledger now, not at the next period
     return scheduler.capacity().running;
   };
+  let stopping: Promise<void> | undefined;
+  const undrain = async (): Promise<boolean> => {
+    if (stopping !== undefined || !scheduler.resumeAdmitting()) {
+      log.info('undrain order ignored: the worker is shutting down');
+      return false;
+    }
+    if (draining) log.info('undrained: admitting new requests again');
+    draining = false;
+    health.set('SERVING');
+    await fleet?.heartbeatNow();  // draining=0 in the ledger (and back in the pick index) now
+    return true;
+  };
   const workerHandlers: WorkerHandlers = {
     GetCapacity(_call, cb) { cb(null, capacity()); },
     Drain(_call, cb) { void drain().then((running) => cb(null, { running })); },
@@ -323,10 +338,10 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       heartbeatMs: cfg.heartbeatMs, budgetRefreshMs: cfg.budgetRefreshMs, log,
       capacity: snapshot, draining: () => draining || scheduler.draining, queued: () => scheduler.waitingIds(),
       onDrainOrder: () => { void drain(); },
+      onUndrainOrder: () => { void undrain(); },
     });
   }
 
-  let stopping: Promise<void> | undefined;
   const shutdown = ({ graceMs = cfg.drainTimeoutMs }: { graceMs?: number } = {}): Promise<void> => {
     stopping ??= (async () => {
       await drain();
@@ -358,7 +373,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
     tls: cfg.tlsCert !== undefined, mtls: cfg.tlsClientCa !== undefined, auth: authToken !== undefined }, 'worker ready');
   return {
     port, address, advertisedAddress: advertised, workerId, fleet, metrics, metricsPort: metricsServer?.port,
-    scheduler, engine, tokenizer, maxModelLen, drain, shutdown,
+    scheduler, engine, tokenizer, maxModelLen, drain, undrain, shutdown,
     get draining() { return draining || scheduler.draining; },
   };
 }

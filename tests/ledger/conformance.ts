@@ -319,9 +319,11 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       await ledger.drain('mine');
       await ledger.setBudget('x', { method: 'FULL' });
       await other.drain('theirs');
-      await until(() => seen.length >= 1);
+      await ledger.undrain('mine');
+      await other.undrain('theirs', 'scale-down dropped');
+      await until(() => seen.length >= 2);
       await new Promise((r) => setTimeout(r, 50));
-      expect(seen).toEqual([{ type: 'drain', worker_id: 'theirs' }]);
+      expect(seen).toEqual([{ type: 'drain', worker_id: 'theirs' }, { type: 'undrain', worker_id: 'theirs', reason: 'scale-down dropped' }]);
       expect(await other.getBudget('x')).toBeNull();
       await sub.close();
     });

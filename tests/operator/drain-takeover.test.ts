@@ -2,7 +2,9 @@
 // in the Fleet's status and orders the least-loaded worker to drain; it stops while that worker still runs work.
 // A second operator, with nothing in memory, must finish that drain (the same worker marked for removal, the count
 // lowered once it is idle) and must not choose another worker to drain. Workers here are scripted ledger entries
-// that behave as real ones do: a drain order makes the worker report draining.
+// that behave as real ones do: a drain order makes the worker report draining, an undrain order takes it back.
+// And a drain dropped because the count changed under it (a user set spec.workers.replicas) takes its orders back.
+import { PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { afterAll, beforeAll, expect, inject, it } from 'vitest';
 import { RedisLedger, type WorkerFields } from '../../ledger/index.ts';
 import { DRAINED_COST, POD_DELETION_COST } from '../../operator/autoscaler.ts';
@@ -19,34 +21,41 @@ afterAll(async () => {
   await c?.server.stop();
 });
 
-it('a second operator finishes the first one\'s scale-down drain and drains no other worker', async () => {
-  const ns = await c.namespace();
+type FleetObj = { spec: { workers: { replicas: number } }; status?: { scaleDown?: JsonObject } };
+
+/** A Fleet of 2 ready worker pods, autoscaled, with both workers in the ledger as scripted entries that follow
+ *  drain and undrain orders: a (one stream, the least loaded) and b (five streams). */
+async function twoWorkerFleet(ns: string) {
   await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'llm', {
     redis: { url: redisUrl }, workers: { replicas: 2 },
     autoscaling: { enabled: true, minReplicas: 1, maxReplicas: 4, targetKVPressure: 0.7, scaleUpStabilizationSeconds: 0,
       scaleDownStabilizationSeconds: 0, drainTimeoutSeconds: 300 },
   }) });
   for (const name of ['llm-workers-a', 'llm-workers-b']) readyWorkerPod(c.server, ns, 'llm', name);
-  // a: one stream running, little KV in use (the least loaded); b: five streams
   const ledger = await RedisLedger.connect({ redis: redisUrl, namespace: ns, fleet: 'llm' });
   stops.push(() => ledger.close());
   const fields: Record<string, WorkerFields> = {
     'llm-workers-a': { addr: '127.0.0.1:1', total_pages: 100, free_pages: 95, page_size: 16, num_layers: 2, num_kv_heads: 2, running: 1, waiting: 0, draining: false },
     'llm-workers-b': { addr: '127.0.0.1:2', total_pages: 100, free_pages: 90, page_size: 16, num_layers: 2, num_kv_heads: 2, running: 5, waiting: 0, draining: false },
   };
-  const orders: string[] = [];
+  const orders: string[] = [], undrains: string[] = [];
   const sub = await ledger.subscribe((ev) => {
-    if (ev.type !== 'drain') return;
-    orders.push(ev.worker_id);
-    if (fields[ev.worker_id]) fields[ev.worker_id].draining = true;
+    if (ev.type !== 'drain' && ev.type !== 'undrain') return;
+    (ev.type === 'drain' ? orders : undrains).push(ev.worker_id);
+    if (fields[ev.worker_id]) fields[ev.worker_id].draining = ev.type === 'drain';
   });
   stops.push(() => sub.close());
   const beatAll = () => Promise.all(Object.entries(fields).map(([id, f]) => ledger.heartbeat(id, f).catch(() => undefined)));
   const beat = setInterval(() => { void beatAll(); }, 100);
   stops.push(async () => clearInterval(beat));
   await beatAll();
+  const fleetObj = () => c.server.object('kvfleet.io', 'fleets', ns, 'llm')! as FleetObj;
+  return { fields, orders, undrains, fleetObj };
+}
 
-  const fleetObj = () => c.server.object('kvfleet.io', 'fleets', ns, 'llm')! as { spec: { workers: { replicas: number } }; status?: { scaleDown?: JsonObject } };
+it('a second operator finishes the first one\'s scale-down drain and drains no other worker', async () => {
+  const ns = await c.namespace();
+  const { fields, orders, undrains, fleetObj } = await twoWorkerFleet(ns);
   const op1 = testOperator(c.kc, { namespace: ns });
   await op1.start();
   await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
@@ -73,5 +82,30 @@ it('a second operator finishes the first one\'s scale-down drain and drains no o
   expect(ann('llm-workers-a')[POD_DELETION_COST]).toBe(DRAINED_COST);
   expect(ann('llm-workers-b')[POD_DELETION_COST]).toBeUndefined();
   expect(orders.filter((o) => o === 'llm-workers-b')).toEqual([]);
+  expect(undrains).toEqual([]);
   await eventually(() => fleetObj().status?.scaleDown === undefined, 'the record removed once done', 10_000);
+}, 60_000);
+
+it('a scale-down dropped because spec.workers.replicas changed under it takes its drain orders back', async () => {
+  const ns = await c.namespace();
+  const { fields, orders, undrains, fleetObj } = await twoWorkerFleet(ns);
+  const op = testOperator(c.kc, { namespace: ns });
+  stops.push(() => op.stop());
+  await op.start();
+  await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
+  c.server.setDeploymentStatus(ns, 'llm-workers');
+  await eventually(() => fields['llm-workers-a'].draining, 'worker a draining', 10_000);
+  expect(fleetObj().status?.scaleDown).toMatchObject({ fromReplicas: 2, targetReplicas: 1, pods: ['llm-workers-a'] });
+  expect(undrains).toEqual([]);
+  // a user wants three workers, and no fewer, while a still runs its stream
+  await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm',
+    body: { spec: { workers: { replicas: 3 }, autoscaling: { minReplicas: 3 } } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+  await eventually(() => undrains.includes('llm-workers-a'), 'an undrain order to worker a', 10_000);
+  await eventually(() => !fields['llm-workers-a'].draining, 'worker a serving again');
+  await eventually(() => fleetObj().status?.scaleDown === undefined, 'the dropped drain\'s record removed', 10_000);
+  await new Promise((r) => setTimeout(r, 500)); // a few reconciles: nothing drains again, nothing is lowered
+  expect(fleetObj().spec.workers.replicas).toBe(3);
+  expect(orders).toEqual(['llm-workers-a']);
+  expect(undrains).toEqual(['llm-workers-a']);
+  expect(fields['llm-workers-a'].draining).toBe(false);
 }, 60_000);

@@ -6,26 +6,15 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { generationClient, workerClient } from '../../proto/index.ts';
 import { freePort } from '../harness/ports.ts';
 import { spawnKvfleet } from '../harness/proc.ts';
-import { capacity, generate, greedy, tinyModel } from './helpers.ts';
+import { capacity, check, generate, greedy, healthClient, tinyModel } from './helpers.ts';
 
 let model: ReturnType<typeof tinyModel>;
 beforeAll(() => { model = tinyModel(); });
 afterAll(() => model?.cleanup());
 
-type HealthClient = grpc.Client & {
-  Check(req: { service: string }, cb: (e: grpc.ServiceError | null, r?: { status: string }) => void): void;
-};
-function healthClient(addr: string): HealthClient {
-  const def = protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String });
-  const pkg = grpc.loadPackageDefinition(def) as unknown as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } };
-  return new pkg.grpc.health.v1.Health(addr, grpc.credentials.createInsecure()) as unknown as HealthClient;
-}
-const check = (h: HealthClient, service: string) =>
-  new Promise<string>((resolve, reject) => h.Check({ service }, (e, r) => (e ? reject(e) : resolve(r!.status))));
 
 interface ReflectionResponse { list_services_response?: { service: Array<{ name: string }> } }
 type ReflectionClient = grpc.Client & {

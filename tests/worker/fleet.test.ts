@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import { RedisLedger, requestFootprintPages, BUILTIN_DEFAULT_BUDGET, type WorkerSnapshot } from '../../ledger/index.ts';
 import type { GenerateRequest, GenerateResponse, GenerationClient } from '../../proto/index.ts';
 import { startRedis } from '../harness/redis.ts';
-import { capacity, generate, greedy, inProcessWorker, tinyModel, type StreamResult } from './helpers.ts';
+import { capacity, check, generate, greedy, healthClient, inProcessWorker, tinyModel, type StreamResult } from './helpers.ts';
 
 const L = 2, Hk = 2, P = 16;  // tiny
 let model: ReturnType<typeof tinyModel>;
@@ -264,6 +264,45 @@ describe('drain order on the events channel', () => {
     } finally {
       await a.stop();
       await b.stop();
+    }
+  });
+
+  it('an undrain order takes the drain back (admits, SERVING, back in the pick index); SIGTERM\'s drain is never taken back', async () => {
+    const f = await newFleet();
+    const a = await inProcessWorker(model.dir, { redis: redisUrl, fleet: f.fleet, workerId: 'w-u' });
+    try {
+      await until('the worker in the ledger', () => entry(f.ledger, 'w-u'));
+      await f.ledger.drain('w-u', 'scale down');
+      await until('draining=1 in the ledger', async () => (await entry(f.ledger, 'w-u'))?.draining === true, 2000);
+      expect(await f.ledger.pick(4, 'while-drained')).toBeNull();
+      // an undrain for another worker changes nothing here
+      await f.ledger.undrain('w-other', 'not you');
+      await new Promise((r) => setTimeout(r, 200));
+      expect(a.w.draining).toBe(true);
+      expect(await f.ledger.undrain('w-u', 'scale-down dropped')).toBeGreaterThanOrEqual(1);
+      await until('draining=0 in the ledger', async () => (await entry(f.ledger, 'w-u'))?.draining === false, 2000);
+      expect(a.w.draining).toBe(false);
+      expect((await capacity(a.wc)).draining).toBe(false);
+      const h = healthClient(a.addr);
+      expect(await check(h)).toBe('SERVING');
+      h.close();
+      const ok = await generate(a.gen, { text: 'welcome back', sampling: greedy(2) });
+      expect(ok.error).toBeUndefined();
+      expect((await f.ledger.pick(4, 'after-undrain'))?.worker_id).toBe('w-u');
+      await f.ledger.release('w-u', 'after-undrain');
+      // a worker shutting down keeps draining whatever it is told
+      const busy = generate(a.gen, { token_ids: { ids: prompt(20) }, sampling: { ...greedy(400), ignore_eos: true } });
+      await until('a request running', async () => a.w.scheduler.capacity().running > 0, 5000);
+      const stopping = a.w.shutdown({ graceMs: 10_000 });
+      await until('draining on shutdown', async () => a.w.draining);
+      expect(await a.w.undrain()).toBe(false);
+      expect(a.w.draining).toBe(true);
+      const late = await generate(a.gen, { text: 'late', sampling: greedy(2) });
+      expect(late.error?.code).toBe(grpc.status.UNAVAILABLE);
+      expect((await busy).error).toBeUndefined();
+      await stopping;
+    } finally {
+      await a.stop();
     }
   });
 });

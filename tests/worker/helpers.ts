@@ -4,6 +4,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { pino } from 'pino';
 import { generationClient, workerClient, type Capacity, type GenerateRequest, type GenerateResponse,
   type GenerationClient, type WorkerClient } from '../../proto/index.ts';
@@ -41,6 +43,19 @@ export async function inProcessWorker(model: string, opts: WorkerConfigInput = {
     async stop() { gen.close(); wc.close(); await w.shutdown({ graceMs: 0 }); },
   };
 }
+
+export type HealthClient = grpc.Client & {
+  Check(req: { service: string }, cb: (e: grpc.ServiceError | null, r?: { status: string }) => void): void;
+};
+/** A grpc.health.v1.Health client (what kubelet's gRPC probe calls). */
+export function healthClient(addr: string, creds = grpc.credentials.createInsecure()): HealthClient {
+  const def = protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } };
+  return new pkg.grpc.health.v1.Health(addr, creds) as unknown as HealthClient;
+}
+/** Health.Check of one service ('' is the server as a whole): 'SERVING', 'NOT_SERVING', ... */
+export const check = (h: HealthClient, service = '') =>
+  new Promise<string>((resolve, reject) => h.Check({ service }, (e, r) => (e ? reject(e) : resolve(r!.status))));
 
 export interface StreamResult {
   /** Streamed token ids (every message's token_ids, in order). */

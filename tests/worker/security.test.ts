@@ -8,13 +8,11 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
-import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { pino } from 'pino';
 import { generationClient, workerClient, type WorkerClient } from '../../proto/index.ts';
 import { parseWorkerConfig, WorkerConfigError } from '../../worker/config.ts';
 import { startWorker } from '../../worker/server.ts';
-import { generate, greedy, inProcessWorker, tinyModel } from './helpers.ts';
+import { check, generate, greedy, healthClient, inProcessWorker, tinyModel } from './helpers.ts';
 import { makeCerts } from '../harness/certs.ts';
 
 let model: ReturnType<typeof tinyModel>;
@@ -31,13 +29,6 @@ const withToken = (token: string): grpc.Interceptor => (options, next) => new gr
   start(metadata, listener, nextStart) { metadata.set('authorization', `Bearer ${token}`); nextStart(metadata, listener); },
 });
 
-type HealthClient = grpc.Client & { Check(req: { service: string }, cb: (e: grpc.ServiceError | null, r?: { status: string }) => void): void };
-function healthClient(addr: string, creds = grpc.credentials.createInsecure()): HealthClient {
-  const def = protoLoader.loadSync(healthProtoPath, { keepCase: true, enums: String });
-  const pkg = grpc.loadPackageDefinition(def) as unknown as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } };
-  return new pkg.grpc.health.v1.Health(addr, creds) as unknown as HealthClient;
-}
-const check = (h: HealthClient) => new Promise<string>((resolve, reject) => h.Check({ service: '' }, (e, r) => (e ? reject(e) : resolve(r!.status))));
 const getCapacity = (wc: WorkerClient) => new Promise<grpc.ServiceError | null>((resolve) => wc.GetCapacity({}, (e) => resolve(e)));
 const drainCall = (wc: WorkerClient) => new Promise<grpc.ServiceError | null>((resolve) => wc.Drain({}, (e) => resolve(e)));
 
