@@ -31,6 +31,7 @@ import type { FleetAutoscaler, ScaleContext } from './controllers/fleet.ts';
 import { workerSelector } from './controllers/fleet-objects.ts';
 import type { LedgerPool } from './ledgers.ts';
 import { isNotFound, MERGE_PATCH, objectKey } from './runtime/kube.ts';
+import type { EventRecorder } from './runtime/events.ts';
 import type { OperatorMetrics } from './runtime/metrics.ts';
 
 export const POD_DELETION_COST = 'controller.kubernetes.io/pod-deletion-cost';
@@ -125,6 +126,8 @@ export interface AutoscalerDeps {
   custom: Pick<CustomObjectsApi, 'patchNamespacedCustomObjectScale' | 'patchNamespacedCustomObjectStatus'>;
   core: Pick<CoreV1Api, 'listNamespacedPod' | 'patchNamespacedPod'>;
   ledgers: LedgerPool;
+  /** Kubernetes Events on the Fleet for each step taken */
+  events?: EventRecorder;
   log: Logger;
   metrics: OperatorMetrics;
   now?: () => number;
@@ -179,6 +182,8 @@ export class Autoscaler implements FleetAutoscaler {
       pending = recorded;
       this.drains.set(key, pending);
       log.info({ from: pending.from, to: pending.target, draining: pending.pods }, 'resuming the scale-down recorded in the Fleet status');
+      this.event(fleet, 'Normal', 'ScaleDownResumed', 'Drain',
+        `resuming the scale-down from ${pending.from} to ${pending.target} workers recorded in status (draining ${pending.pods.join(', ') || 'no ready worker'})`);
       if (pending.from === current && ctx.ledger && ctx.redis && pending.pods.length > 0) {
         const ledger = await this.d.ledgers.get(fleet.metadata.namespace, fleet.metadata.name, ctx.redis);
         for (const id of pending.pods) await ledger.drain(id, `scale-down from ${pending.from} to ${pending.target}`);
@@ -191,6 +196,8 @@ export class Autoscaler implements FleetAutoscaler {
     } else if (pending && pending.from !== current) {
       log.warn({ from: pending.from, to: pending.target, now: current, draining: pending.pods },
         'spec.workers.replicas changed during a scale-down: dropping it and taking back its drain orders');
+      this.event(fleet, 'Warning', 'ScaleDownDropped', 'Undrain', `spec.workers.replicas changed to ${current} during the scale-down from `
+        + `${pending.from} to ${pending.target}: dropped it${pending.pods.length > 0 ? `; ${pending.pods.join(', ')} admit requests again` : ''}`);
       // the drained workers serve again (undrain orders); a later scale-down chooses afresh
       if (ctx.ledger && ctx.redis && pending.pods.length > 0) {
         const ledger = await this.d.ledgers.get(fleet.metadata.namespace, fleet.metadata.name, ctx.redis);
@@ -212,10 +219,15 @@ export class Autoscaler implements FleetAutoscaler {
     if (d.desired > current) {
       await this.setReplicas(fleet, d.desired);
       log.info({ from: current, to: d.desired, reason: d.reason }, 'scaling up');
+      this.event(fleet, 'Normal', 'ScalingUp', 'Scale', `workers ${current} -> ${d.desired}: ${d.reason}`);
       return undefined;
     }
     if (d.desired < current) return this.beginDrain(ctx, d.desired, log, d.reason);
     return undefined;
+  }
+
+  private event(fleet: Fleet, type: 'Normal' | 'Warning', reason: string, action: string, note: string): void {
+    this.d.events?.record({ apiVersion: `${GROUP}/${VERSION}`, kind: FLEET.kind, metadata: fleet.metadata }, type, reason, action, note);
   }
 
   /** Writes (or, with undefined, removes) status.scaleDown through the status subresource (a merge patch: the
@@ -264,6 +276,8 @@ export class Autoscaler implements FleetAutoscaler {
       for (const id of chosen) await ledger.drain(id, `scale-down from ${current} to ${target}`);
       log.info({ from: current, to: target, draining: chosen, reason }, 'scale-down: draining workers first');
     }
+    this.event(fleet, 'Normal', 'DrainingWorkers', 'Drain', `scale-down ${current} -> ${target} (${reason}): `
+      + (chosen.length > 0 ? `draining ${chosen.join(', ')} first` : 'no ready worker needs a drain'));
     return this.continueDrain(ctx, pending, log);
   }
 
@@ -277,7 +291,10 @@ export class Autoscaler implements FleetAutoscaler {
     });
     const timedOut = this.now() >= p.deadlineMs;
     if (busy.length > 0 && !timedOut) return this.d.drainPollMs ?? 1000;
-    if (busy.length > 0) log.warn({ busy }, 'drain timeout passed with work still running; scaling down anyway');
+    if (busy.length > 0) {
+      log.warn({ busy }, 'drain timeout passed with work still running; scaling down anyway');
+      this.event(fleet, 'Warning', 'DrainTimeout', 'Scale', `drainTimeoutSeconds passed with work still running on ${busy.join(', ')}; scaling down anyway`);
+    }
     for (const name of p.pods) {
       try {
         await this.d.core.patchNamespacedPod({ namespace: fleet.metadata.namespace, name,
@@ -289,6 +306,8 @@ export class Autoscaler implements FleetAutoscaler {
     if (fleet.spec.workers.replicas !== p.target) {
       await this.setReplicas(fleet, p.target);
       log.info({ from: fleet.spec.workers.replicas, to: p.target, drained: p.pods, drainMs: this.now() - p.startedMs }, 'scaled down');
+      this.event(fleet, 'Normal', 'ScaledDown', 'Scale', `workers ${fleet.spec.workers.replicas} -> ${p.target}`
+        + (p.pods.length > 0 ? ` after draining ${p.pods.join(', ')} (${((this.now() - p.startedMs) / 1000).toFixed(1)} s)` : ''));
     }
     // the record goes last: a leader that dies before this leaves it to a successor, which finds the count already
     // lowered (spec.workers.replicas != from) and only removes the record

@@ -27,7 +27,7 @@ export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ le
   const kc = loadKubeConfig(cfg.kube);
   const cluster = kc.getCurrentCluster();
   log.info({ server: cluster?.server, namespace: cfg.namespace ?? '(all)' }, 'operator starting');
-  const operator = new Operator({ kc, namespace: cfg.namespace, log, validate: validateBudget, concurrency: cfg.concurrency,
+  const operator = new Operator({ kc, namespace: cfg.namespace, log, validate: validateBudget, concurrency: cfg.concurrency, instance: cfg.lease.identity,
     resyncMs: cfg.resyncSeconds * 1000, defaultImage: cfg.image, redisImage: cfg.redisImage });
 
   const endpoints: HttpEndpoints[] = [];

@@ -5,7 +5,8 @@
 //
 // Leadership: informers run on every replica (warm caches); controllers run only between startControllers() and
 // stopControllers(), so leader election (issue 18) wraps exactly those two calls.
-import { CoreV1Api, CustomObjectsApi, type KubeConfig, type KubernetesObject, type V1Deployment } from '@kubernetes/client-node';
+import os from 'node:os';
+import { CoreV1Api, CustomObjectsApi, EventsV1Api, type KubeConfig, type KubernetesObject, type V1Deployment } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { FLEET, GROUP, KVBUDGET, VERSION, type Fleet, type KVBudget } from './api/v1alpha1.ts';
 import type { EngineValidate } from './budget.ts';
@@ -15,6 +16,7 @@ import { FleetReconciler } from './controllers/fleet.ts';
 import { FIELD_MANAGER } from './controllers/fleet-objects.ts';
 import { budgetsAffectedByFleet, KVBudgetReconciler, usesBudget } from './controllers/kvbudget.ts';
 import { LedgerPool } from './ledgers.ts';
+import { EventRecorder } from './runtime/events.ts';
 import { ResourceInformer } from './runtime/informer.ts';
 import { errorText, objectKey, type ResourceRef } from './runtime/kube.ts';
 import { OperatorMetrics } from './runtime/metrics.ts';
@@ -28,6 +30,8 @@ export const MANAGED_SELECTOR = `app.kubernetes.io/managed-by=${FIELD_MANAGER}`;
 /** The image of a Fleet's workers and routers when neither the Fleet nor the operator's options name one. */
 export const FALLBACK_IMAGE = 'ghcr.io/kvfleet/kvfleet:latest';
 export const DEFAULT_REDIS_IMAGE = 'redis:7.4-alpine';
+/** reportingController of the operator's Kubernetes Events */
+export const EVENT_CONTROLLER = 'kvfleet.io/operator';
 
 /** A controller's reconcile: idempotent; throws to be retried with backoff; a missing object is not an error.
  *  It may ask to run again after a delay (state outside Kubernetes, such as the ledger, changes without events). */
@@ -62,6 +66,8 @@ export interface OperatorOptions {
   ledgerConnectTimeoutMs?: number;
   /** how often each Fleet's status is refreshed from its ledger (default 10 s) */
   fleetStatusIntervalMs?: number;
+  /** who writes this operator's Kubernetes Events (reportingInstance; default $POD_NAME, else the host name) */
+  instance?: string;
   /** the autoscaler's options (issue 18); false turns it off (then no replica count is ever written) */
   autoscaling?: { drainPollMs?: number; now?: () => number } | false;
 }
@@ -82,6 +88,8 @@ export class Operator {
   /** the Deployments the operator manages (worker, router, managed Redis): their status changes reach the Fleet */
   readonly deployments: ResourceInformer<V1Deployment>;
   readonly applier: Applier;
+  /** Kubernetes Events about Fleets and KVBudgets (`kubectl describe`) */
+  readonly events: EventRecorder;
   private readonly opts: OperatorOptions;
   private readonly controllers = new Map<string, ControllerEntry>();
   private resyncTimer: NodeJS.Timeout | undefined;
@@ -96,6 +104,8 @@ export class Operator {
     this.fleets = this.informer<Fleet>(FLEET_RESOURCE);
     this.deployments = this.informer<V1Deployment>(DEPLOYMENT_RESOURCE, MANAGED_SELECTOR);
     this.applier = new Applier(opts.kc);
+    this.events = new EventRecorder({ api: opts.kc.makeApiClient(EventsV1Api), controller: EVENT_CONTROLLER,
+      instance: opts.instance ?? process.env.POD_NAME ?? os.hostname(), log: this.log.child({ part: 'events' }) });
     this.metrics.queueDepths = () => [...this.controllers].map(([name, c]) => [name, c.queue?.length ?? 0]);
     // a deleted fleet's ledger connection is closed (a recreated fleet connects again on its first reconcile)
     this.fleets.on('delete', (f) => { void this.ledgers.drop(f.metadata.namespace, f.metadata.name); });
@@ -114,7 +124,7 @@ export class Operator {
   private setupKVBudgetController(): void {
     const reconciler = new KVBudgetReconciler({
       custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api),
-      fleets: this.fleets, ledgers: this.ledgers, validate: this.opts.validate,
+      fleets: this.fleets, ledgers: this.ledgers, validate: this.opts.validate, events: this.events,
       log: this.log.child({ controller: 'kvbudget' }), metrics: this.metrics,
     });
     const enqueue = this.addController(reconciler, () => this.budgets.list().map(keyOf));
@@ -135,10 +145,10 @@ export class Operator {
       applier: this.applier, custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api),
       budgets: this.budgets, ledgers: this.ledgers,
       render: { defaultImage: this.opts.defaultImage ?? FALLBACK_IMAGE, redisImage: this.opts.redisImage ?? DEFAULT_REDIS_IMAGE },
-      statusIntervalMs: this.opts.fleetStatusIntervalMs,
+      statusIntervalMs: this.opts.fleetStatusIntervalMs, events: this.events,
       autoscaler: this.opts.autoscaling === false ? undefined : new Autoscaler({
         custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api), ledgers: this.ledgers,
-        log: this.log.child({ part: 'autoscaler' }), metrics: this.metrics, ...this.opts.autoscaling }),
+        events: this.events, log: this.log.child({ part: 'autoscaler' }), metrics: this.metrics, ...this.opts.autoscaling }),
       log: this.log.child({ controller: 'fleet' }), metrics: this.metrics,
     });
     const enqueue = this.addController(reconciler, () => this.fleets.list().map(keyOf));
@@ -264,6 +274,7 @@ export class Operator {
   /** Graceful stop: controllers finish their current reconcile, then informers and ledger connections close. */
   async stop(): Promise<void> {
     await this.stopControllers();
+    await this.events.flush();
     await Promise.all([this.budgets.stop(), this.fleets.stop(), this.deployments.stop()]);
     await this.ledgers.close();
     this.log.info('operator stopped');

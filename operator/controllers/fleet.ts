@@ -21,6 +21,7 @@ import { FLEET, GROUP, VERSION, type Condition, type Fleet, type FleetStatus, ty
 import type { Applier } from '../apply.ts';
 import { fleetRedis, type FleetRedis, type LedgerPool } from '../ledgers.ts';
 import { errorText, isNotFound, MERGE_PATCH, splitKey } from '../runtime/kube.ts';
+import type { EventRecorder } from '../runtime/events.ts';
 import type { OperatorMetrics } from '../runtime/metrics.ts';
 import {
   childNames, FleetSpecError, optionalChildren, ownerReference, REDIS_PASSWORD_KEY, renderChildren, workerSelector, type RenderOptions,
@@ -83,9 +84,23 @@ export interface FleetReconcilerDeps {
   /** how often the status is refreshed from the ledger (default 10 s) */
   statusIntervalMs?: number;
   autoscaler?: FleetAutoscaler;
+  /** Kubernetes Events when Degraded or BudgetResolved turn bad (Warning) or recover (Normal) */
+  events?: EventRecorder;
   log: Logger;
   metrics: OperatorMetrics;
   now?: () => Date;
+}
+
+/** The Event, if any, for a condition that changed: Warning when it turns (or stays, with a new reason or message)
+ *  bad, Normal when it recovers. BudgetPending is not news: a new budget is validated within a reconcile. */
+export function conditionEvent(prev: Condition | undefined, next: Condition | undefined):
+  { type: 'Normal' | 'Warning'; reason: string; note: string } | undefined {
+  if (!next || (prev && prev.status === next.status && prev.reason === next.reason && prev.message === next.message)) return undefined;
+  const bad = (c: Condition) => (c.type === FleetConditions.Degraded ? c.status === 'True'
+    : c.status === 'False' && c.reason !== FleetReasons.BudgetPending);
+  if (bad(next)) return { type: 'Warning', reason: next.reason, note: next.message };
+  if (prev && bad(prev)) return { type: 'Normal', reason: next.reason, note: next.message };
+  return undefined;
 }
 
 const sameJson = (a: unknown, b: unknown): boolean => isDeepStrictEqual(JSON.parse(JSON.stringify(a ?? null)), JSON.parse(JSON.stringify(b ?? null)));
@@ -277,6 +292,10 @@ export class FleetReconciler {
       await this.d.custom.patchNamespacedCustomObjectStatus({ group: GROUP, version: VERSION, namespace: fleet.metadata.namespace,
         plural: FLEET.plural, name: fleet.metadata.name, body: { status: body } }, MERGE_PATCH);
       log.debug({ replicas: status.replicas, ready, kvPressure: status.kvPressure }, 'Fleet status updated');
+      for (const type of [FleetConditions.Degraded, FleetConditions.BudgetResolved]) {
+        const e = conditionEvent(findCondition(prev?.conditions, type), findCondition(conditions, type));
+        if (e) this.d.events?.record({ apiVersion: `${GROUP}/${VERSION}`, kind: FLEET.kind, metadata: fleet.metadata }, e.type, e.reason, 'Reconcile', e.note);
+      }
     } catch (err) {
       if (!isNotFound(err)) throw err;
     }

@@ -17,11 +17,12 @@ import type { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { Ledger } from '../../ledger/index.ts';
 import type { BudgetSpec } from '../../proto/index.ts';
-import { KVBudgetConditions, KVBudgetReasons, setCondition } from '../api/conditions.ts';
+import { findCondition, KVBudgetConditions, KVBudgetReasons, setCondition } from '../api/conditions.ts';
 import { GROUP, KVBUDGET, VERSION, type Fleet, type KVBudget, type KVBudgetStatus } from '../api/v1alpha1.ts';
 import { InvalidBudgetError, resolveKVBudget, type EngineValidate } from '../budget.ts';
 import { fleetRedis, type LedgerPool } from '../ledgers.ts';
 import { errorText, isNotFound, MERGE_PATCH, objectKey, splitKey } from '../runtime/kube.ts';
+import type { EventRecorder } from '../runtime/events.ts';
 import type { OperatorMetrics } from '../runtime/metrics.ts';
 
 export const KVBUDGET_CONTROLLER = 'kvbudget';
@@ -57,6 +58,8 @@ export interface KVBudgetReconcilerDeps {
   fleets: { list(namespace: string): readonly Fleet[]; get(name: string, namespace: string): Fleet | undefined };
   ledgers: LedgerPool;
   validate: EngineValidate;
+  /** Kubernetes Events when Accepted changes: Warning for a refused spec, Normal for an accepted one */
+  events?: EventRecorder;
   log: Logger;
   metrics: OperatorMetrics;
 }
@@ -118,6 +121,12 @@ export class KVBudgetReconciler {
         await this.d.custom.patchNamespacedCustomObjectStatus({ group: GROUP, version: VERSION, namespace, plural: KVBUDGET.plural, name,
           body: { status } }, MERGE_PATCH);
         log.info({ accepted: invalid === undefined, reason: invalid, fleets: status.fleets, generation }, 'KVBudget status updated');
+        const before = findCondition(budget.status?.conditions, KVBudgetConditions.Accepted);
+        const after = findCondition(status.conditions, KVBudgetConditions.Accepted)!;
+        if (!before || before.status !== after.status || before.message !== after.message) {
+          this.d.events?.record({ apiVersion: `${GROUP}/${VERSION}`, kind: KVBUDGET.kind, metadata: budget.metadata },
+            after.status === 'True' ? 'Normal' : 'Warning', after.reason, 'Validate', after.message);
+        }
       } catch (err) {
         if (!isNotFound(err)) throw err; // deleted meanwhile: its delete event brings the cleanup
       }

@@ -189,8 +189,16 @@ describe('CRUD with resourceVersion semantics', () => {
     await core.createNamespacedEvent({ namespace: ns, body: { metadata: { name: 'e1' }, involvedObject: { kind: 'Pod', name: 'p', namespace: ns },
       reason: 'Scaled', message: 'm', type: 'Normal' } });
     const evs = kc.makeApiClient((await import('@kubernetes/client-node')).EventsV1Api);
-    await evs.createNamespacedEvent({ namespace: ns, body: { metadata: { name: 'e2' }, eventTime: new Date(), reason: 'Scaled',
-      action: 'Scale', reportingController: 'kvfleet.io/operator', reportingInstance: 'op-1', regarding: { kind: 'Pod', name: 'p', namespace: ns } } });
+    const ev = { metadata: { name: 'e2' }, eventTime: '2026-12-05T17:20:45.123456Z' as unknown as Date, type: 'Normal', reason: 'Scaled',
+      action: 'Scale', reportingController: 'kvfleet.io/operator', reportingInstance: 'op-1', regarding: { kind: 'Pod', name: 'p', namespace: ns } };
+    // as the real API server: eventTime must be a MicroTime (a Date as client-node writes it, three digits, fails decoding),
+    // the reporting fields are required, and the object an event is about is in the event's namespace
+    const code = (body: typeof ev) => evs.createNamespacedEvent({ namespace: ns, body }).then(() => 201, (e: { code: number }) => e.code);
+    expect(await code({ ...ev, eventTime: new Date() })).toBe(400);
+    expect(await code({ ...ev, reportingInstance: '' })).toBe(422);
+    expect(await code({ ...ev, type: 'Fatal' })).toBe(422);
+    expect(await code({ ...ev, regarding: { ...ev.regarding, namespace: 'elsewhere' } })).toBe(422);
+    await evs.createNamespacedEvent({ namespace: ns, body: ev });
     const coreEvents = await core.listNamespacedEvent({ namespace: ns, fieldSelector: 'involvedObject.name=p' });
     expect(coreEvents.items.map((e) => e.reason)).toEqual(['Scaled']);
     expect((await evs.listNamespacedEvent({ namespace: ns })).items.map((e) => e.metadata?.name)).toEqual(['e2']);

@@ -1186,6 +1186,7 @@ export class KubeApiServer {
     }
     if (info.group === 'apps' && info.plural === 'deployments' && sub === '') this.validateDeployment(o, old, causes);
     if (info.plural === 'customresourcedefinitions' && info.group === 'apiextensions.k8s.io') this.validateCrd(o, causes);
+    if (info.plural === 'events' && info.group === 'events.k8s.io') this.validateEvent(o, causes);
     if (info.schema && causes.length === 0) {
       const unknown: string[] = [];
       const pruned = pruneAndDefault(o, info.schema, '', unknown, true) as JsonObject;
@@ -1217,6 +1218,29 @@ export class KubeApiServer {
     }
     if (old && isObject(old.spec) && !deepEqual(old.spec.selector, sel)) {
       causes.push({ reason: 'FieldValueInvalid', field: 'spec.selector', message: `Invalid value: ${JSON.stringify(sel)}: field is immutable` });
+    }
+  }
+
+  /** events.k8s.io/v1 Event as the API server checks it on create: eventTime is a MicroTime (RFC 3339 with exactly
+   *  six fractional digits; anything else fails decoding with 400), type Normal or Warning, reason, action,
+   *  reportingController and reportingInstance set (at most 128 characters), note at most 1 KiB, and regarding in
+   *  the event's own namespace. */
+  private validateEvent(o: JsonObject, causes: Cause[]): void {
+    const t = o.eventTime;
+    if (typeof t !== 'string' || !/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$/.test(t)) {
+      throw badRequest(`Event in version "v1" cannot be handled as a Event: parsing time ${JSON.stringify(t ?? null)} as "2006-01-02T15:04:05.000000Z07:00": cannot parse`);
+    }
+    if (o.type !== 'Normal' && o.type !== 'Warning') causes.push({ reason: 'FieldValueNotSupported', field: 'type', message: `Unsupported value: ${JSON.stringify(o.type ?? '')}: supported values: "Normal", "Warning"` });
+    for (const f of ['reason', 'action', 'reportingController', 'reportingInstance']) {
+      const v = o[f];
+      if (typeof v !== 'string' || v === '') causes.push({ reason: 'FieldValueRequired', field: f, message: 'Required value' });
+      else if (v.length > 128) causes.push({ reason: 'FieldValueTooLong', field: f, message: 'Too long: may not be more than 128 bytes' });
+    }
+    if (typeof o.note === 'string' && Buffer.byteLength(o.note) > 1024) causes.push({ reason: 'FieldValueTooLong', field: 'note', message: 'Too long: may not be more than 1024 bytes' });
+    const regarding = isObject(o.regarding) ? o.regarding : undefined;
+    if (!regarding || str(regarding.name) === '' || str(regarding.kind) === '') causes.push({ reason: 'FieldValueRequired', field: 'regarding', message: 'Required value: kind and name' });
+    else if (str(regarding.namespace) !== str(meta(o).namespace)) {
+      causes.push({ reason: 'FieldValueInvalid', field: 'regarding.namespace', message: `Invalid value: ${JSON.stringify(str(regarding.namespace))}: does not match event.namespace` });
     }
   }
 

@@ -10,7 +10,7 @@ import { RedisLedger, type WorkerFields } from '../../ledger/index.ts';
 import { DRAINED_COST, POD_DELETION_COST } from '../../operator/autoscaler.ts';
 import { eventually } from '../kube/client.ts';
 import type { JsonObject } from '../kube/patch.ts';
-import { fleet, fleetTarget, readyWorkerPod, startCluster, testOperator, type Cluster } from './helpers.ts';
+import { fleet, fleetTarget, kubeEvents, readyWorkerPod, startCluster, testOperator, type Cluster } from './helpers.ts';
 
 const redisUrl = inject('redisUrl');
 let c: Cluster;
@@ -84,6 +84,11 @@ it('a second operator finishes the first one\'s scale-down drain and drains no o
   expect(orders.filter((o) => o === 'llm-workers-b')).toEqual([]);
   expect(undrains).toEqual([]);
   await eventually(() => fleetObj().status?.scaleDown === undefined, 'the record removed once done', 10_000);
+  // what `kubectl describe fleet llm` shows: each step once, from whichever operator took it
+  await op2.stop();
+  const steps = kubeEvents(c.server, ns, 'Fleet', 'llm').map((e) => [e.type, e.reason]);
+  expect(steps).toEqual([['Normal', 'DrainingWorkers'], ['Normal', 'ScaleDownResumed'], ['Normal', 'ScaledDown']]);
+  expect(kubeEvents(c.server, ns, 'Fleet', 'llm')[2].note).toMatch(/^workers 2 -> 1 after draining llm-workers-a/);
 }, 60_000);
 
 it('a scale-down dropped because spec.workers.replicas changed under it takes its drain orders back', async () => {
@@ -108,4 +113,8 @@ it('a scale-down dropped because spec.workers.replicas changed under it takes it
   expect(orders).toEqual(['llm-workers-a']);
   expect(undrains).toEqual(['llm-workers-a']);
   expect(fields['llm-workers-a'].draining).toBe(false);
+  await op.stop();
+  const dropped = kubeEvents(c.server, ns, 'Fleet', 'llm').filter((e) => e.reason === 'ScaleDownDropped');
+  expect(dropped.map((e) => [e.type, e.action])).toEqual([['Warning', 'Undrain']]);
+  expect(dropped[0].note).toMatch(/spec\.workers\.replicas changed to 3 during the scale-down from 2 to 1: dropped it; llm-workers-a admit requests again/);
 }, 60_000);

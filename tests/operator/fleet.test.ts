@@ -10,7 +10,7 @@ import type { Operator } from '../../operator/manager.ts';
 import { MERGE_PATCH } from '../../operator/runtime/kube.ts';
 import { eventually } from '../kube/client.ts';
 import type { JsonObject } from '../kube/patch.ts';
-import { budgetTarget, fleet, fleetTarget, kvBudget, startCluster, testOperator, writes, type Cluster } from './helpers.ts';
+import { budgetTarget, fleet, fleetTarget, kubeEvents, kvBudget, startCluster, testOperator, writes, type Cluster } from './helpers.ts';
 
 const redisUrl = inject('redisUrl');
 
@@ -80,12 +80,17 @@ describe('Fleet reconciler: children', () => {
     const r = op.reconciler(FLEET_CONTROLLER);
     c.server.clearCalls();
     await r.reconcile(`${ns}/llm`).catch(() => undefined); // the ledger at ledger.example is unreachable: Degraded, not a failure
+    await op.events.flush();
     const created = writes(c.server, ns).map((w) => `${w.verb} ${w.resource}${w.subresource ? `/${w.subresource}` : ''} ${w.name}`);
     expect(created).toEqual([
       'patch serviceaccounts llm', 'patch configmaps llm-engine', 'patch deployments llm-workers', 'patch services llm-workers',
       'patch poddisruptionbudgets llm-workers', 'patch deployments llm-router', 'patch services llm-router', 'patch poddisruptionbudgets llm-router',
-      'patch fleets/status llm',
+      'patch fleets/status llm', 'create events ',
     ]);
+    // what `kubectl describe fleet llm` shows: why it is degraded
+    expect(kubeEvents(c.server, ns, 'Fleet', 'llm').map((e) => [e.type, e.reason, e.action, e.reportingController]))
+      .toEqual([['Warning', 'LedgerUnavailable', 'Reconcile', 'kvfleet.io/operator']]);
+    expect(kubeEvents(c.server, ns, 'Fleet', 'llm')[0].note).toMatch(/ledger/i);
     expect(children(ns)).toEqual(['ConfigMap/llm-engine', 'Deployment/llm-router', 'Deployment/llm-workers', 'PodDisruptionBudget/llm-router',
       'PodDisruptionBudget/llm-workers', 'Secret/redis-auth', 'Service/llm-router', 'Service/llm-workers', 'ServiceAccount/llm']);
 
@@ -150,6 +155,7 @@ describe('Fleet reconciler: children', () => {
     // the same world again: reads only
     c.server.clearCalls();
     await r.reconcile(`${ns}/llm`);
+    await op.events.flush();
     expect(writes(c.server, ns)).toEqual([]);
     expect(c.server.calls().filter((x) => x.namespace === ns).every((x) => x.verb === 'get')).toBe(true);
   });
@@ -160,11 +166,13 @@ describe('Fleet reconciler: children', () => {
     const op = await informersOnly(ns);
     const r = op.reconciler(FLEET_CONTROLLER);
     await r.reconcile(`${ns}/llm`);
+    await op.events.flush();
     const before = deployment(ns, 'llm-workers').spec.template.metadata.annotations[CONFIG_HASH_ANNOTATION];
     expect(before).toMatch(/^[0-9a-f]{16}$/);
     await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { engine: { kvMemoryFraction: 0.5 } } } }, MERGE_PATCH);
     c.server.clearCalls();
     await r.reconcile(`${ns}/llm`);
+    await op.events.flush();
     expect(writes(c.server, ns).map((w) => `${w.resource} ${w.name}`)).toEqual(['configmaps llm-engine', 'deployments llm-workers',
       'deployments llm-router', 'fleets llm']);
     expect(deployment(ns, 'llm-workers').spec.template.metadata.annotations[CONFIG_HASH_ANNOTATION]).not.toBe(before);
@@ -173,6 +181,7 @@ describe('Fleet reconciler: children', () => {
     await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { workers: { replicas: 4 } } } }, MERGE_PATCH);
     c.server.clearCalls();
     await r.reconcile(`${ns}/llm`);
+    await op.events.flush();
     expect(writes(c.server, ns).map((w) => `${w.resource} ${w.name}`)).toEqual(['deployments llm-workers', 'fleets llm']);
     expect(deployment(ns, 'llm-workers').spec.replicas).toBe(4);
     // drift: a hand edit of an owned field is put back
@@ -180,9 +189,11 @@ describe('Fleet reconciler: children', () => {
       (await import('../../operator/runtime/kube.ts')).MERGE_PATCH);
     c.server.clearCalls();
     await r.reconcile(`${ns}/llm`);
+    await op.events.flush();
     expect(writes(c.server, ns).map((w) => `${w.resource} ${w.name}`)).toEqual(['services llm-workers']);
     c.server.clearCalls();
     await r.reconcile(`${ns}/llm`);
+    await op.events.flush();
     expect(writes(c.server, ns)).toEqual([]);
   });
 
@@ -192,6 +203,7 @@ describe('Fleet reconciler: children', () => {
     const op = await informersOnly(ns);
     const r = op.reconciler(FLEET_CONTROLLER);
     await r.reconcile(`${ns}/m`);
+    await op.events.flush();
     expect(children(ns)).toEqual(['ConfigMap/m-engine', 'Deployment/m-redis', 'Deployment/m-router', 'Deployment/m-workers', 'PodDisruptionBudget/m-router',
       'PodDisruptionBudget/m-workers', 'Secret/m-redis', 'Service/m-redis', 'Service/m-router', 'Service/m-workers', 'ServiceAccount/m']);
     const secret = c.server.object('', 'secrets', ns, 'm-redis') as { data: { password: string }; metadata: { ownerReferences: JsonObject[] } };
@@ -206,12 +218,14 @@ describe('Fleet reconciler: children', () => {
       valueFrom: { secretKeyRef: { name: 'm-redis', key: 'password' } } }]);
     c.server.clearCalls();
     await r.reconcile(`${ns}/m`);
+    await op.events.flush();
     expect(writes(c.server, ns)).toEqual([]);
     expect(c.server.object('', 'secrets', ns, 'm-redis')).toEqual(secret as unknown as JsonObject);
 
     // switching to an external Redis removes the managed one (the Secret stays until the Fleet goes: clients may still hold it)
     await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'm', body: { spec: { redis: { managed: null, url: redisUrl } } } }, MERGE_PATCH);
     await r.reconcile(`${ns}/m`);
+    await op.events.flush();
     expect(children(ns)).not.toContain('Deployment/m-redis');
     expect(children(ns)).not.toContain('Service/m-redis');
   });

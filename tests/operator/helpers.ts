@@ -69,6 +69,16 @@ export function testOperator(kc: KubeConfig, extra: { namespace?: string } = {})
   });
 }
 
+/** The events.k8s.io/v1 Events of a namespace as `kubectl describe` would list them for one object: regarding
+ *  kind/name, in the order they were written; the fields people read. */
+export function kubeEvents(server: KubeApiServer, namespace: string, kind?: string, name?: string) {
+  return server.objects('events.k8s.io', 'events', namespace)
+    .map((e) => e as unknown as { type: string; reason: string; action: string; note: string; eventTime: string; reportingController: string;
+      reportingInstance: string; regarding: { kind: string; name: string; apiVersion: string; uid?: string }; metadata: { creationTimestamp: string; resourceVersion: string } })
+    .filter((e) => (kind === undefined || e.regarding.kind === kind) && (name === undefined || e.regarding.name === name))
+    .sort((a, b) => Number(a.metadata.resourceVersion) - Number(b.metadata.resourceVersion));
+}
+
 /** Calls that change something, as the API server recorded them. */
 export const writes = (server: KubeApiServer, namespace: string) => server.calls()
   .filter((c) => c.namespace === namespace && ['create', 'update', 'patch', 'delete', 'deletecollection'].includes(c.verb));

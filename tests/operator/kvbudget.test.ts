@@ -7,7 +7,7 @@ import { KVBUDGET_CONTROLLER } from '../../operator/controllers/kvbudget.ts';
 import { fleetRedis, FleetRedisError } from '../../operator/ledgers.ts';
 import type { Operator } from '../../operator/manager.ts';
 import { eventually } from '../kube/client.ts';
-import { budgetTarget, fleet, fleetTarget, kvBudget, startCluster, testOperator, writes, type Cluster } from './helpers.ts';
+import { budgetTarget, fleet, fleetTarget, kubeEvents, kvBudget, startCluster, testOperator, writes, type Cluster } from './helpers.ts';
 
 const redisUrl = inject('redisUrl');
 
@@ -86,6 +86,11 @@ describe('KVBudget reconciler', () => {
     expect(accepted(b)!.message).toMatch(/^spec\.keepRatio must be in \(0, 1\]/);
     expect(b.status!.fleets).toEqual(['llm']);
     expect(await redis.exists(fleetKeys(ns, 'llm').budgets)).toBe(0);
+    // `kubectl describe kvbudget tiny` says why, once
+    const evs = await eventually(() => { const e = kubeEvents(c.server, ns, 'KVBudget', 'tiny'); return e.length > 0 && e; }, 'a KVBudget Event');
+    expect(evs.map((e) => [e.type, e.reason, e.action])).toEqual([['Warning', 'InvalidSpec', 'Validate']]);
+    expect(evs[0].note).toBe(accepted(b)!.message);
+    expect(evs[0].eventTime).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$/);
   });
 
   it('a changed KVBudget reaches the fleet ledger and its events channel within 10 s, without a restart', async () => {
@@ -123,12 +128,15 @@ describe('KVBudget reconciler', () => {
     const r = op.reconciler(KVBUDGET_CONTROLLER);
     c.server.clearCalls();
     await r.reconcile(`${ns}/b`);
-    expect(writes(c.server, ns).map((w) => `${w.verb} ${w.resource}/${w.subresource}`)).toEqual(['patch kvbudgets/status']);
+    await op.events.flush();
+    expect(writes(c.server, ns).map((w) => `${w.verb} ${w.resource}/${w.subresource}`)).toEqual(['patch kvbudgets/status', 'create events/']);
+    expect(kubeEvents(c.server, ns, 'KVBudget', 'b').map((e) => [e.type, e.reason])).toEqual([['Normal', 'Valid']]);
     await eventually(() => events.length === 2, 'set budget and default events');
     expect(events.map((e) => e.type)).toEqual(['budget', 'default_budget']);
     const first = await getBudget(ns, 'b');
     c.server.clearCalls();
     await r.reconcile(`${ns}/b`);
+    await op.events.flush();
     expect(writes(c.server, ns)).toEqual([]);
     await new Promise((res) => setTimeout(res, 200)); // an event would have arrived by now
     expect(events).toHaveLength(2);
