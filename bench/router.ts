@@ -57,6 +57,8 @@ const MODEL_SEED = 11;
 const KVFLEET_TS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../bin/kvfleet.ts');
 const HOP_TS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), 'grpc-hop-child.ts');
 const round = (x: number, digits = 4): number => Number(x.toFixed(digits));
+/** the six orders of (direct, routed, hop) */
+const ORDERS = [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 2, 1], [2, 1, 0], [1, 0, 2]];
 
 function intArg(opts: BenchOptions, name: string, def: number): number {
   const v = opts.args[name];
@@ -161,17 +163,23 @@ async function startWorkerChild(modelDir: string, redisUrl: string, ledger: Redi
   const child = spawn(process.execPath, [KVFLEET_TS, 'worker', '--model', modelDir, '--port', '0', '--metrics-port', '0',
     '--log-level', 'warn', '--redis', redisUrl, '--fleet', FLEET, '--num-pages', '65536', '--heartbeat-ms', '500'],
   { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, POD_IP: PROBE_HOST, KVFLEET_PARENT_PID: String(process.pid) } });
+  const m = await waitForLine(child, /listening on (\S+):(\d+)/, 'the worker',
+    async (x) => (await ledger.snapshot()).workers.some((w) => w.addr === `${PROBE_HOST}:${x[2]}`));
+  return { child, listen: `${m[1]}:${m[2]}`, port: Number(m[2]) };
+}
+
+/** Collects a child's output (first 64 KiB) and resolves with the first match of re in it; rejects if the child
+ *  exits first or 60 s pass (then it is killed). */
+async function waitForLine(child: ChildProcess, re: RegExp, what: string, ready: (m: RegExpExecArray) => Promise<boolean> = async () => true): Promise<RegExpExecArray> {
   let out = '';
-  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stdout!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
   const deadline = Date.now() + 60_000;
   for (;;) {
-    const m = /listening on (\S+):(\d+)/.exec(out);
-    if (m && (await ledger.snapshot()).workers.some((w) => w.addr === `${PROBE_HOST}:${m[2]}`)) {
-      return { child, listen: `${m[1]}:${m[2]}`, port: Number(m[2]) };
-    }
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`bench router: the worker exited: ${out.trim()}`);
-    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`bench router: the worker did not join the fleet in 60 s: ${out.trim()}`); }
+    const m = re.exec(out);
+    if (m && await ready(m)) return m;
+    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`bench router: ${what} exited: ${out.trim()}`);
+    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`bench router: ${what} was not ready in 60 s: ${out.trim()}`); }
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -200,34 +208,16 @@ async function startRouterChild(modelDir: string, redisUrl: string): Promise<{ c
   const metricsPort = await freePort();
   const child = spawn(process.execPath, [KVFLEET_TS, 'router', '--host', '127.0.0.1', '--port', '0', '--metrics-port', String(metricsPort),
     '--redis', redisUrl, '--fleet', FLEET, '--tokenizer', modelDir], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KVFLEET_PARENT_PID: String(process.pid) } });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
-  child.stderr!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const m = /router \S+ listening on \S+:(\d+)/.exec(out);
-    if (m) return { child, port: Number(m[1]), metricsPort };
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`bench router: the router exited: ${out.trim()}`);
-    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`bench router: the router did not start in 60 s: ${out.trim()}`); }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const m = await waitForLine(child, /router \S+ listening on \S+:(\d+)/, 'the router');
+  return { child, port: Number(m[1]), metricsPort };
 }
 
 /** Starts bench/grpc-hop-child.ts, a bare forwarding process in front of the worker (the floor under any router
  *  process); resolves with its port. It exits when its stdin closes. */
 async function startHopChild(workerAddr: string): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(process.execPath, [HOP_TS, workerAddr], { stdio: ['pipe', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
-  child.stderr!.on('data', (d: Buffer) => { if (out.length < 65536) out += d.toString(); });
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const m = /hop listening on (\d+)/.exec(out);
-    if (m) return { child, port: Number(m[1]) };
-    if (child.exitCode !== null || child.signalCode !== null) throw new Error(`bench router: the hop process exited: ${out.trim()}`);
-    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error(`bench router: the hop process did not start in 60 s: ${out.trim()}`); }
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  const m = await waitForLine(child, /hop listening on (\d+)/, 'the hop process');
+  return { child, port: Number(m[1]) };
 }
 
 /** Cumulative bucket counts (upper bound in seconds → count), sum and count of one Prometheus histogram. */
@@ -325,9 +315,9 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
     const results: unknown[] = [{
       name: 'setup', model: 'tiny (synthetic, L=2, Hk=2)', worker: 'kvfleet worker child process, 65536 pages, reserve admission',
       router: `${mode === 'process' ? '`kvfleet router` child process' : 'in-process Router'} over the Redis ledger, policy least-prefill (the default), no budget named (fleet default resolved per request)`,
-      redis: 'local redis-server', sampling, order: 'direct, routed and bare hop back to back per round, order rotating',
+      redis: 'local redis-server', sampling, order: 'direct, routed and bare hop back to back per round, the six orders in turn',
       hop: 'bench/grpc-hop-child.ts: a grpc-js process that only forwards each call to the worker (no tokenizer, ledger or metrics): the cost of one more process on the path, which any router pays',
-      probe: 'direct and routed calls both pass the frame-header probe on the worker\'s advertised address',
+      probe: 'direct, routed and hop calls all pass the frame-header probe on the worker\'s advertised address',
       load_avg_1m_start: round(os.loadavg()[0], 2),
     }];
     let timing: RequestTiming | undefined;
@@ -371,8 +361,8 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
         const r = req(i + c.warmup);
         let d: [number, number] = [0, 0], t: [number, number] = [0, 0], h: [number, number] = [0, 0];
         const calls = [async () => { d = await timed(direct, r, 'direct'); }, async () => { t = await routedOnce(r); }, async () => { h = await timed(hop, r, 'hop'); }];
-        const k = ((i % 3) + 3) % 3;
-        for (let j = 0; j < 3; j++) await calls[(k + j) % 3]();
+        // all six orders in turn: each side goes first against each other equally often
+        for (const j of ORDERS[((i % 6) + 6) % 6]) await calls[j]();
         if (i < 0) {
           internal.pop(); pick.pop();
           if (i === -1 && !router) hist0 = [await scrapeHist(routerMetricsPort, 'kvfleet_router_overhead_seconds'), await scrapeHist(routerMetricsPort, 'kvfleet_router_pick_seconds')];

@@ -6,7 +6,7 @@ import type { BudgetSpec } from '../proto/index.ts';
 import { checkRequestId, checkWorkerId, fleetKeys } from './keys.ts';
 import { EXPIRE_BATCH, LEAST_PREFILL_SCAN } from './lua.ts';
 import {
-  BudgetSpecSchema, DEFAULTS, LedgerError, checkBudgetName, checkPages, checkPolicy, checkTtl, checkWorkerFields, parseBudget, parseLedgerEvent,
+  BudgetSpecSchema, DEFAULTS, LedgerError, checkBudgetName, checkPages, checkPolicy, checkTtl, checkWorkerFields, parseBudget, parseLedgerEvent, workerOrder,
   type HeartbeatOptions, type HeartbeatResult, type Ledger, type LedgerEvent, type LedgerSnapshot, type PickOptions,
   type PickResult, type Subscription, type WorkerFields, type WorkerSnapshot,
 } from './types.ts';
@@ -376,12 +376,12 @@ export class MemoryLedger implements Ledger {
 
   async drain(workerId: string, reason?: string): Promise<number> {
     checkWorkerId(workerId);
-    return this.publish(reason === undefined ? { type: 'drain', worker_id: workerId } : { type: 'drain', worker_id: workerId, reason });
+    return this.publish(workerOrder('drain', workerId, reason));
   }
 
   async undrain(workerId: string, reason?: string): Promise<number> {
     checkWorkerId(workerId);
-    return this.publish(reason === undefined ? { type: 'undrain', worker_id: workerId } : { type: 'undrain', worker_id: workerId, reason });
+    return this.publish(workerOrder('undrain', workerId, reason));
   }
 
   async subscribe(onEvent: (e: LedgerEvent) => void, onError: (e: LedgerError) => void = () => {}): Promise<Subscription> {

@@ -7,7 +7,7 @@ import type { BudgetSpec } from '../proto/index.ts';
 import { checkRequestId, checkWorkerId, fleetKeys, type FleetKeys } from './keys.ts';
 import * as lua from './lua.ts';
 import {
-  BudgetSpecSchema, DEFAULTS, LedgerError, checkBudgetName, checkPages, checkPolicy, checkTtl, checkWorkerFields, parseBudget, parseLedgerEvent,
+  BudgetSpecSchema, DEFAULTS, LedgerError, checkBudgetName, checkPages, checkPolicy, checkTtl, checkWorkerFields, parseBudget, parseLedgerEvent, workerOrder,
   type HeartbeatOptions, type HeartbeatResult, type Ledger, type LedgerEvent, type LedgerSnapshot, type PickOptions,
   type PickResult, type Subscription, type WorkerFields, type WorkerSnapshot,
 } from './types.ts';
@@ -325,12 +325,12 @@ export class RedisLedger implements Ledger {
 
   async drain(workerId: string, reason?: string): Promise<number> {
     checkWorkerId(workerId);
-    return this.publish(reason === undefined ? { type: 'drain', worker_id: workerId } : { type: 'drain', worker_id: workerId, reason });
+    return this.publish(workerOrder('drain', workerId, reason));
   }
 
   async undrain(workerId: string, reason?: string): Promise<number> {
     checkWorkerId(workerId);
-    return this.publish(reason === undefined ? { type: 'undrain', worker_id: workerId } : { type: 'undrain', worker_id: workerId, reason });
+    return this.publish(workerOrder('undrain', workerId, reason));
   }
 
   async subscribe(onEvent: (e: LedgerEvent) => void, onError: (e: LedgerError) => void = this.onError): Promise<Subscription> {

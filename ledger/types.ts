@@ -128,6 +128,11 @@ export type LedgerEvent =
   | { type: 'budget'; name: string; spec: BudgetSpec | null }
   | { type: 'default_budget'; name: string | null };
 
+/** A drain or undrain order for one worker, as published on the events channel. */
+export function workerOrder(type: 'drain' | 'undrain', workerId: string, reason?: string): LedgerEvent {
+  return reason === undefined ? { type, worker_id: workerId } : { type, worker_id: workerId, reason };
+}
+
 /** Parses one message from the events channel; a malformed one yields a LedgerError (code 'invalid_reply'). */
 export function parseLedgerEvent(raw: string): LedgerEvent | LedgerError {
   let json: unknown;

@@ -31,12 +31,14 @@ import type { FleetAutoscaler, ScaleContext } from './controllers/fleet.ts';
 import { workerSelector } from './controllers/fleet-objects.ts';
 import type { LedgerPool } from './ledgers.ts';
 import { isNotFound, MERGE_PATCH, objectKey } from './runtime/kube.ts';
-import type { EventRecorder } from './runtime/events.ts';
+import { EventRecorder } from './runtime/events.ts';
 import type { OperatorMetrics } from './runtime/metrics.ts';
 
 export const POD_DELETION_COST = 'controller.kubernetes.io/pod-deletion-cost';
 /** The deletion cost given to drained pods: below every default (0), so they go first. */
 export const DRAINED_COST = '-1000';
+/** how long undrain orders of a dropped drain are sent again to workers still shown draining */
+export const UNDRAIN_RETRY_MS = 60_000;
 
 export interface ScalePolicy {
   minReplicas: number;
@@ -150,6 +152,8 @@ export class Autoscaler implements FleetAutoscaler {
   private readonly d: AutoscalerDeps;
   private readonly deciders = new Map<string, ScaleDecider>();
   private readonly drains = new Map<string, DrainInProgress>();
+  /** workers of dropped drains whose undrain orders are sent again while the ledger shows them draining */
+  private readonly undrains = new Map<string, { pods: Set<string>; untilMs: number; why: string }>();
   private readonly desiredGauge: client.Gauge<'namespace' | 'fleet'>;
   private readonly pressureGauge: client.Gauge<'namespace' | 'fleet'>;
 
@@ -167,6 +171,75 @@ export class Autoscaler implements FleetAutoscaler {
   forget(key: string): void {
     this.deciders.delete(key);
     this.drains.delete(key);
+    this.undrains.delete(key);
+  }
+
+  async disabled(ctx: ScaleContext): Promise<void> {
+    const { fleet } = ctx;
+    const key = objectKey(fleet.metadata.namespace, fleet.metadata.name);
+    const pending = this.drains.get(key) ?? recordedDrain(fleet);
+    if (pending) {
+      this.d.log.child({ fleet: key }).warn({ from: pending.from, to: pending.target, draining: pending.pods },
+        'autoscaling turned off during a scale-down: dropping it and taking back its drain orders');
+      await this.dropDrain(ctx, pending, `autoscaling turned off during the scale-down from ${pending.from} to ${pending.target}`);
+      if (fleet.status?.scaleDown) await this.record(fleet, undefined);
+    }
+    this.forget(key);
+  }
+
+  /**
+   * Gives up a scale-down: its workers get undrain orders (they admit again; the orders are sent again while the
+   * ledger still shows them draining, for UNDRAIN_RETRY_MS, since pub/sub delivers only to who listens right now)
+   * and lose the deletion cost a leader may already have put on their pods. Throws, leaving the drain in place for
+   * the next reconcile, when the ledger cannot be reached.
+   */
+  private async dropDrain(ctx: ScaleContext, p: DrainInProgress, why: string): Promise<void> {
+    const { fleet } = ctx;
+    const key = objectKey(fleet.metadata.namespace, fleet.metadata.name);
+    if (p.pods.length > 0) {
+      if (ctx.redis) {
+        const ledger = await this.d.ledgers.get(fleet.metadata.namespace, fleet.metadata.name, ctx.redis);
+        for (const id of p.pods) await ledger.undrain(id, `${why}: dropped`);
+        this.undrains.set(key, { pods: new Set(p.pods), untilMs: this.now() + UNDRAIN_RETRY_MS, why });
+      }
+      for (const name of p.pods) {
+        try {
+          await this.d.core.patchNamespacedPod({ namespace: fleet.metadata.namespace, name,
+            body: { metadata: { annotations: { [POD_DELETION_COST]: null } } } }, MERGE_PATCH);
+        } catch (err) {
+          if (!isNotFound(err)) throw err;
+        }
+      }
+    }
+    this.event(fleet, 'Warning', 'ScaleDownDropped', 'Undrain',
+      `${why}: dropped it${p.pods.length > 0 ? `; ${p.pods.join(', ')} admit requests again` : ''}`);
+    this.drains.delete(key);
+  }
+
+  /** Undrain orders again to dropped-drain workers the ledger still shows draining (until UNDRAIN_RETRY_MS). */
+  private async resendUndrains(ctx: ScaleContext): Promise<void> {
+    const { fleet } = ctx;
+    const key = objectKey(fleet.metadata.namespace, fleet.metadata.name);
+    const u = this.undrains.get(key);
+    if (!u) return;
+    if (this.now() >= u.untilMs) { this.undrains.delete(key); return; }
+    if (!ctx.ledger || !ctx.redis) return;
+    const still = [...u.pods].filter((id) => ctx.ledger!.snapshot.workers.some((w) => w.worker_id === id && w.draining));
+    if (still.length === 0) { this.undrains.delete(key); return; }
+    const ledger = await this.d.ledgers.get(fleet.metadata.namespace, fleet.metadata.name, ctx.redis);
+    for (const id of still) await ledger.undrain(id, `${u.why}: dropped`);
+  }
+
+  /** The pod-deletion-cost annotation on pods about to be removed (a pod already gone needs none). */
+  private async markForRemoval(fleet: Fleet, pods: readonly string[]): Promise<void> {
+    for (const name of pods) {
+      try {
+        await this.d.core.patchNamespacedPod({ namespace: fleet.metadata.namespace, name,
+          body: { metadata: { annotations: { [POD_DELETION_COST]: DRAINED_COST } } } }, MERGE_PATCH);
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+      }
+    }
   }
 
   async step(ctx: ScaleContext): Promise<number | undefined> {
@@ -177,33 +250,32 @@ export class Autoscaler implements FleetAutoscaler {
     const current = fleet.spec.workers.replicas;
     let pending = this.drains.get(key);
     const recorded = recordedDrain(fleet);
+    await this.resendUndrains(ctx);
     if (!pending && recorded) {
       // begun by an earlier leader (or by this process before a restart): finish it, telling the same workers again
       pending = recorded;
       this.drains.set(key, pending);
-      log.info({ from: pending.from, to: pending.target, draining: pending.pods }, 'resuming the scale-down recorded in the Fleet status');
-      this.event(fleet, 'Normal', 'ScaleDownResumed', 'Drain',
-        `resuming the scale-down from ${pending.from} to ${pending.target} workers recorded in status (draining ${pending.pods.join(', ') || 'no ready worker'})`);
-      if (pending.from === current && ctx.ledger && ctx.redis && pending.pods.length > 0) {
-        const ledger = await this.d.ledgers.get(fleet.metadata.namespace, fleet.metadata.name, ctx.redis);
-        for (const id of pending.pods) await ledger.drain(id, `scale-down from ${pending.from} to ${pending.target}`);
+      if (pending.from === current) {
+        log.info({ from: pending.from, to: pending.target, draining: pending.pods }, 'resuming the scale-down recorded in the Fleet status');
+        this.event(fleet, 'Normal', 'ScaleDownResumed', 'Drain',
+          `resuming the scale-down from ${pending.from} to ${pending.target} workers recorded in status (draining ${pending.pods.join(', ') || 'no ready worker'})`);
+        if (ctx.redis && pending.pods.length > 0) {
+          const ledger = await this.d.ledgers.get(fleet.metadata.namespace, fleet.metadata.name, ctx.redis);
+          for (const id of pending.pods) await ledger.drain(id, `scale-down from ${pending.from} to ${pending.target}`);
+        }
       }
     }
     if (pending && pending.from !== current && current === pending.target) {
-      // finished, all but the removal of its record (the leader that lowered the count stopped before that)
+      // finished, all but the removal of its record: the leader that lowered the count stopped before that, or a user
+      // set the count to the same target. Either way the drained pods are the ones to go: make sure they carry the
+      // deletion cost (idempotent), so the ReplicaSet does not remove serving pods instead.
+      await this.markForRemoval(fleet, pending.pods);
       this.drains.delete(key);
       pending = undefined;
     } else if (pending && pending.from !== current) {
       log.warn({ from: pending.from, to: pending.target, now: current, draining: pending.pods },
         'spec.workers.replicas changed during a scale-down: dropping it and taking back its drain orders');
-      this.event(fleet, 'Warning', 'ScaleDownDropped', 'Undrain', `spec.workers.replicas changed to ${current} during the scale-down from `
-        + `${pending.from} to ${pending.target}: dropped it${pending.pods.length > 0 ? `; ${pending.pods.join(', ')} admit requests again` : ''}`);
-      // the drained workers serve again (undrain orders); a later scale-down chooses afresh
-      if (ctx.ledger && ctx.redis && pending.pods.length > 0) {
-        const ledger = await this.d.ledgers.get(fleet.metadata.namespace, fleet.metadata.name, ctx.redis);
-        for (const id of pending.pods) await ledger.undrain(id, `scale-down from ${pending.from} to ${pending.target} dropped: replicas set to ${current}`);
-      }
-      this.drains.delete(key);
+      await this.dropDrain(ctx, pending, `spec.workers.replicas changed to ${current} during the scale-down from ${pending.from} to ${pending.target}`);
       pending = undefined;
     }
     if (!pending && fleet.status?.scaleDown) await this.record(fleet, undefined);
@@ -227,7 +299,7 @@ export class Autoscaler implements FleetAutoscaler {
   }
 
   private event(fleet: Fleet, type: 'Normal' | 'Warning', reason: string, action: string, note: string): void {
-    this.d.events?.record({ apiVersion: `${GROUP}/${VERSION}`, kind: FLEET.kind, metadata: fleet.metadata }, type, reason, action, note);
+    this.d.events?.record(EventRecorder.ref(FLEET.kind, fleet.metadata), type, reason, action, note);
   }
 
   /** Writes (or, with undefined, removes) status.scaleDown through the status subresource (a merge patch: the
@@ -265,6 +337,7 @@ export class Autoscaler implements FleetAutoscaler {
       chosen = [...unlisted, ...candidates.map((w) => w.worker_id)].slice(0, fromReady);
     }
     const now = this.now();
+    for (const id of chosen) this.undrains.get(key)?.pods.delete(id); // drained again: no more undrain orders
     const pending: DrainInProgress = { from: current, target, pods: chosen, startedMs: now,
       deadlineMs: now + fleet.spec.autoscaling.drainTimeoutSeconds * 1000 };
     // recorded before the drain orders go out: a leader that dies between the two leaves a record its successor
@@ -295,14 +368,7 @@ export class Autoscaler implements FleetAutoscaler {
       log.warn({ busy }, 'drain timeout passed with work still running; scaling down anyway');
       this.event(fleet, 'Warning', 'DrainTimeout', 'Scale', `drainTimeoutSeconds passed with work still running on ${busy.join(', ')}; scaling down anyway`);
     }
-    for (const name of p.pods) {
-      try {
-        await this.d.core.patchNamespacedPod({ namespace: fleet.metadata.namespace, name,
-          body: { metadata: { annotations: { [POD_DELETION_COST]: DRAINED_COST } } } }, MERGE_PATCH);
-      } catch (err) {
-        if (!isNotFound(err)) throw err; // a pod already gone needs no cost
-      }
-    }
+    await this.markForRemoval(fleet, p.pods);
     if (fleet.spec.workers.replicas !== p.target) {
       await this.setReplicas(fleet, p.target);
       log.info({ from: fleet.spec.workers.replicas, to: p.target, drained: p.pods, drainMs: this.now() - p.startedMs }, 'scaled down');

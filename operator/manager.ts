@@ -274,7 +274,7 @@ export class Operator {
   /** Graceful stop: controllers finish their current reconcile, then informers and ledger connections close. */
   async stop(): Promise<void> {
     await this.stopControllers();
-    await this.events.flush();
+    await this.events.flush(5000);
     await Promise.all([this.budgets.stop(), this.fleets.stop(), this.deployments.stop()]);
     await this.ledgers.close();
     this.log.info('operator stopped');

@@ -55,8 +55,9 @@ export interface RunningWorker {
   /** Worker.Drain: stop admitting (new requests UNAVAILABLE), health NOT_SERVING, an immediate heartbeat with
    *  draining=1 (whose delivery the returned promise awaits); resolves with the running count. */
   drain(): Promise<number>;
-  /** Takes a drain back (the operator's undrain order): admits again, health SERVING, an immediate heartbeat with
-   *  draining=0. Resolves false, changing nothing, once shutdown has begun: SIGTERM's drain is never taken back. */
+  /** Takes a drain order back (the operator's undrain order): admits again, health SERVING, an immediate heartbeat
+   *  with draining=0. Resolves false, changing nothing, once shutdown has begun or when the drain came from
+   *  Worker.Drain: SIGTERM's and an admin's drains are never taken back by the operator. */
   undrain(): Promise<boolean>;
   readonly draining: boolean;
   /**
@@ -278,8 +279,12 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
     };
   };
   const health = { set: (_s: 'SERVING' | 'NOT_SERVING') => { /* replaced once the server exists */ } };
-  const drain = async (): Promise<number> => {
-    if (!draining) log.info({ running: scheduler.capacity().running }, 'draining: no new requests are admitted');
+  // who drained the worker: only the operator's own drain order may be taken back by its undrain order (not an
+  // admin's Worker.Drain call, not SIGTERM)
+  let drainedBy: 'order' | 'rpc' | undefined;
+  const drain = async (by: 'order' | 'rpc' = 'rpc'): Promise<number> => {
+    if (!draining) log.info({ running: scheduler.capacity().running, by }, 'draining: no new requests are admitted');
+    if (drainedBy !== 'rpc') drainedBy = by;
     draining = true;
     scheduler.stopAdmitting();
     health.set('NOT_SERVING');
@@ -288,12 +293,19 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
   };
   let stopping: Promise<void> | undefined;
   const undrain = async (): Promise<boolean> => {
-    if (stopping !== undefined || !scheduler.resumeAdmitting()) {
+    if (stopping !== undefined) {
       log.info('undrain order ignored: the worker is shutting down');
       return false;
     }
-    if (draining) log.info('undrained: admitting new requests again');
+    if (!draining) return true;
+    if (drainedBy !== 'order') {
+      log.info('undrain order ignored: the worker was drained through Worker.Drain, not by a drain order');
+      return false;
+    }
+    if (!scheduler.resumeAdmitting()) return false;
+    log.info('undrained: admitting new requests again');
     draining = false;
+    drainedBy = undefined;
     health.set('SERVING');
     await fleet?.heartbeatNow();  // draining=0 in the ledger (and back in the pick index) now
     return true;
@@ -337,7 +349,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       namespace: fn.namespace, fleet: fn.fleet, workerId, addr: advertised,
       heartbeatMs: cfg.heartbeatMs, budgetRefreshMs: cfg.budgetRefreshMs, log,
       capacity: snapshot, draining: () => draining || scheduler.draining, queued: () => scheduler.waitingIds(),
-      onDrainOrder: () => { void drain(); },
+      onDrainOrder: () => { void drain('order'); },
       onUndrainOrder: () => { void undrain(); },
     });
   }

@@ -21,7 +21,7 @@ import { FLEET, GROUP, VERSION, type Condition, type Fleet, type FleetStatus, ty
 import type { Applier } from '../apply.ts';
 import { fleetRedis, type FleetRedis, type LedgerPool } from '../ledgers.ts';
 import { errorText, isNotFound, MERGE_PATCH, splitKey } from '../runtime/kube.ts';
-import type { EventRecorder } from '../runtime/events.ts';
+import { EventRecorder } from '../runtime/events.ts';
 import type { OperatorMetrics } from '../runtime/metrics.ts';
 import {
   childNames, FleetSpecError, optionalChildren, ownerReference, REDIS_PASSWORD_KEY, renderChildren, workerSelector, type RenderOptions,
@@ -70,8 +70,10 @@ export interface ScaleContext {
 export interface FleetAutoscaler {
   /** Decides (and, when it is time, carries out) a scale step; returns ms until it wants to look again. */
   step(ctx: ScaleContext): Promise<number | undefined>;
-  /** The fleet is gone or no longer autoscaled: forget its history. */
+  /** The fleet is gone: forget its history. */
   forget(key: string): void;
+  /** The fleet is no longer autoscaled: a scale-down in progress is dropped (its workers undrained), then forgotten. */
+  disabled(ctx: ScaleContext): Promise<void>;
 }
 
 export interface FleetReconcilerDeps {
@@ -167,11 +169,9 @@ export class FleetReconciler {
     // 4. scaling (issue 18): only with autoscaling enabled; otherwise the scale subresource belongs to HPA/KEDA
     let scaleAgainMs: number | undefined;
     if (this.d.autoscaler) {
-      if (fleet.spec.autoscaling.enabled && applyError === undefined) {
-        scaleAgainMs = await this.d.autoscaler.step({ fleet, workers, ledger, redis });
-      } else {
-        this.d.autoscaler.forget(key);
-      }
+      if (!fleet.spec.autoscaling.enabled) await this.d.autoscaler.disabled({ fleet, workers, ledger, redis });
+      else if (applyError === undefined) scaleAgainMs = await this.d.autoscaler.step({ fleet, workers, ledger, redis });
+      else this.d.autoscaler.forget(key);
     }
 
     // 5. the status
@@ -294,7 +294,7 @@ export class FleetReconciler {
       log.debug({ replicas: status.replicas, ready, kvPressure: status.kvPressure }, 'Fleet status updated');
       for (const type of [FleetConditions.Degraded, FleetConditions.BudgetResolved]) {
         const e = conditionEvent(findCondition(prev?.conditions, type), findCondition(conditions, type));
-        if (e) this.d.events?.record({ apiVersion: `${GROUP}/${VERSION}`, kind: FLEET.kind, metadata: fleet.metadata }, e.type, e.reason, 'Reconcile', e.note);
+        if (e) this.d.events?.record(EventRecorder.ref(FLEET.kind, fleet.metadata), e.type, e.reason, 'Reconcile', e.note);
       }
     } catch (err) {
       if (!isNotFound(err)) throw err;

@@ -22,7 +22,7 @@ import { GROUP, KVBUDGET, VERSION, type Fleet, type KVBudget, type KVBudgetStatu
 import { InvalidBudgetError, resolveKVBudget, type EngineValidate } from '../budget.ts';
 import { fleetRedis, type LedgerPool } from '../ledgers.ts';
 import { errorText, isNotFound, MERGE_PATCH, objectKey, splitKey } from '../runtime/kube.ts';
-import type { EventRecorder } from '../runtime/events.ts';
+import { EventRecorder } from '../runtime/events.ts';
 import type { OperatorMetrics } from '../runtime/metrics.ts';
 
 export const KVBUDGET_CONTROLLER = 'kvbudget';
@@ -124,7 +124,7 @@ export class KVBudgetReconciler {
         const before = findCondition(budget.status?.conditions, KVBudgetConditions.Accepted);
         const after = findCondition(status.conditions, KVBudgetConditions.Accepted)!;
         if (!before || before.status !== after.status || before.message !== after.message) {
-          this.d.events?.record({ apiVersion: `${GROUP}/${VERSION}`, kind: KVBUDGET.kind, metadata: budget.metadata },
+          this.d.events?.record(EventRecorder.ref(KVBUDGET.kind, budget.metadata),
             after.status === 'True' ? 'Normal' : 'Warning', after.reason, 'Validate', after.message);
         }
       } catch (err) {

@@ -10,6 +10,7 @@
 // - A bounded backlog (default 100): past it the oldest pending Event is dropped, counted in the log.
 import type { EventsV1Api } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { GROUP, VERSION } from '../api/v1alpha1.ts';
 import { errorText } from './kube.ts';
 
 export type EventType = 'Normal' | 'Warning';
@@ -43,7 +44,7 @@ export function microTime(ms: number): string {
 export class EventRecorder {
   private readonly o: EventRecorderOptions;
   private readonly seen = new Map<string, number>();
-  private readonly backlog: (() => Promise<void>)[] = [];
+  private readonly backlog: { key: string; write: () => Promise<void> }[] = [];
   private running: Promise<void> | undefined;
   private dropped = 0;
 
@@ -74,20 +75,21 @@ export class EventRecorder {
       reportingController: this.o.controller,
       reportingInstance: this.o.instance.slice(0, 128),
     };
-    if (this.backlog.length >= (this.o.maxBacklog ?? 100)) { this.backlog.shift(); this.dropped++; }
-    this.backlog.push(async () => {
+    if (this.backlog.length >= (this.o.maxBacklog ?? 100)) { this.seen.delete(this.backlog.shift()!.key); this.dropped++; }
+    this.backlog.push({ key, write: async () => {
       try {
         // eventTime stays a string: the client's serializer passes a non-Date through as it is
         await this.o.api.createNamespacedEvent({ namespace, body: body as unknown as Parameters<EventsV1Api['createNamespacedEvent']>[0]['body'] });
       } catch (err) {
+        this.seen.delete(key); // not written: the same event later is news again
         this.o.log.warn({ err: errorText(err), regarding: `${obj.kind} ${namespace}/${name}`, reason }, 'could not write a Kubernetes Event');
       }
-    });
+    } });
     this.running ??= this.drain();
   }
 
   private async drain(): Promise<void> {
-    for (let next = this.backlog.shift(); next; next = this.backlog.shift()) await next();
+    for (let next = this.backlog.shift(); next; next = this.backlog.shift()) await next.write();
     if (this.dropped > 0) {
       this.o.log.warn({ dropped: this.dropped }, 'Kubernetes Events dropped: the backlog was full');
       this.dropped = 0;
@@ -95,8 +97,19 @@ export class EventRecorder {
     this.running = undefined;
   }
 
-  /** Resolves once every Event recorded so far has been written (or has failed). */
-  async flush(): Promise<void> {
-    while (this.running) await this.running;
+  /** Resolves once every Event recorded so far has been written (or has failed), or after timeoutMs (a stop must
+   *  not wait on an API server that does not answer). */
+  async flush(timeoutMs = Infinity): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.running && Date.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.running, ...(Number.isFinite(timeoutMs) ? [new Promise((r) => { timer = setTimeout(r, deadline - Date.now()); })] : [])]);
+      clearTimeout(timer);
+    }
+  }
+
+  /** The object reference of a kvfleet.io resource, as record() takes it. */
+  static ref(kind: string, metadata: Regarding['metadata']): Regarding {
+    return { apiVersion: `${GROUP}/${VERSION}`, kind, metadata };
   }
 }

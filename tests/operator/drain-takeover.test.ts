@@ -21,6 +21,9 @@ afterAll(async () => {
   await c?.server.stop();
 });
 
+const ann = (ns: string, name: string) =>
+  ((c.server.object('', 'pods', ns, name)!.metadata as JsonObject).annotations as Record<string, string> | undefined) ?? {};
+
 type FleetObj = { spec: { workers: { replicas: number } }; status?: { scaleDown?: JsonObject } };
 
 /** A Fleet of 2 ready worker pods, autoscaled, with both workers in the ledger as scripted entries that follow
@@ -78,9 +81,8 @@ it('a second operator finishes the first one\'s scale-down drain and drains no o
 
   fields['llm-workers-a'].running = 0; // a's stream finishes
   await eventually(() => fleetObj().spec.workers.replicas === 1, 'the Fleet scaled to 1', 15_000);
-  const ann = (name: string) => ((c.server.object('', 'pods', ns, name)!.metadata as JsonObject).annotations as Record<string, string> | undefined) ?? {};
-  expect(ann('llm-workers-a')[POD_DELETION_COST]).toBe(DRAINED_COST);
-  expect(ann('llm-workers-b')[POD_DELETION_COST]).toBeUndefined();
+  expect(ann(ns, 'llm-workers-a')[POD_DELETION_COST]).toBe(DRAINED_COST);
+  expect(ann(ns, 'llm-workers-b')[POD_DELETION_COST]).toBeUndefined();
   expect(orders.filter((o) => o === 'llm-workers-b')).toEqual([]);
   expect(undrains).toEqual([]);
   await eventually(() => fleetObj().status?.scaleDown === undefined, 'the record removed once done', 10_000);
@@ -103,6 +105,9 @@ it('a scale-down dropped because spec.workers.replicas changed under it takes it
   expect(fleetObj().status?.scaleDown).toMatchObject({ fromReplicas: 2, targetReplicas: 1, pods: ['llm-workers-a'] });
   expect(undrains).toEqual([]);
   // a user wants three workers, and no fewer, while a still runs its stream
+  // as if a leader had marked a's pod for removal and stopped before lowering the count: the drop takes it back
+  await c.core.patchNamespacedPod({ namespace: ns, name: 'llm-workers-a', body: { metadata: { annotations: { [POD_DELETION_COST]: DRAINED_COST } } } },
+    setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
   await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm',
     body: { spec: { workers: { replicas: 3 }, autoscaling: { minReplicas: 3 } } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
   await eventually(() => undrains.includes('llm-workers-a'), 'an undrain order to worker a', 10_000);
@@ -113,8 +118,44 @@ it('a scale-down dropped because spec.workers.replicas changed under it takes it
   expect(orders).toEqual(['llm-workers-a']);
   expect(undrains).toEqual(['llm-workers-a']);
   expect(fields['llm-workers-a'].draining).toBe(false);
+  expect(ann(ns, 'llm-workers-a')[POD_DELETION_COST]).toBeUndefined();
   await op.stop();
   const dropped = kubeEvents(c.server, ns, 'Fleet', 'llm').filter((e) => e.reason === 'ScaleDownDropped');
   expect(dropped.map((e) => [e.type, e.action])).toEqual([['Warning', 'Undrain']]);
   expect(dropped[0].note).toMatch(/spec\.workers\.replicas changed to 3 during the scale-down from 2 to 1: dropped it; llm-workers-a admit requests again/);
+}, 60_000);
+
+it('turning autoscaling off during a scale-down drops it and takes its drain orders back', async () => {
+  const ns = await c.namespace();
+  const { fields, undrains, fleetObj } = await twoWorkerFleet(ns);
+  const op = testOperator(c.kc, { namespace: ns });
+  stops.push(() => op.stop());
+  await op.start();
+  await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
+  c.server.setDeploymentStatus(ns, 'llm-workers');
+  await eventually(() => fields['llm-workers-a'].draining, 'worker a draining', 10_000);
+  await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { autoscaling: { enabled: false } } } },
+    setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+  await eventually(() => undrains.includes('llm-workers-a'), 'an undrain order to worker a', 10_000);
+  await eventually(() => fleetObj().status?.scaleDown === undefined, 'the dropped drain\'s record removed', 10_000);
+  expect(fleetObj().spec.workers.replicas).toBe(2);
+  expect(fields['llm-workers-a'].draining).toBe(false);
+}, 60_000);
+
+it('a count set to the drain\'s own target by hand removes exactly the drained worker', async () => {
+  const ns = await c.namespace();
+  const { fields, undrains, fleetObj } = await twoWorkerFleet(ns);
+  const op = testOperator(c.kc, { namespace: ns });
+  stops.push(() => op.stop());
+  await op.start();
+  await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
+  c.server.setDeploymentStatus(ns, 'llm-workers');
+  await eventually(() => fields['llm-workers-a'].draining, 'worker a draining', 10_000);
+  expect(ann(ns, 'llm-workers-a')[POD_DELETION_COST]).toBeUndefined(); // a is still busy: not marked yet
+  await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { workers: { replicas: 1 } } } },
+    setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+  await eventually(() => fleetObj().status?.scaleDown === undefined, 'the record removed', 10_000);
+  expect(ann(ns, 'llm-workers-a')[POD_DELETION_COST]).toBe(DRAINED_COST);
+  expect(ann(ns, 'llm-workers-b')[POD_DELETION_COST]).toBeUndefined();
+  expect(undrains).toEqual([]);
 }, 60_000);

@@ -290,11 +290,20 @@ describe('drain order on the events channel', () => {
       expect(ok.error).toBeUndefined();
       expect((await f.ledger.pick(4, 'after-undrain'))?.worker_id).toBe('w-u');
       await f.ledger.release('w-u', 'after-undrain');
-      // a worker shutting down keeps draining whatever it is told
       const busy = generate(a.gen, { token_ids: { ids: prompt(20) }, sampling: { ...greedy(400), ignore_eos: true } });
       await until('a request running', async () => a.w.scheduler.capacity().running > 0, 5000);
+      // an admin's drain (Worker.Drain) is not the operator's to take back
+      await new Promise<void>((resolve, reject) => a.wc.Drain({}, (e) => (e ? reject(e) : resolve())));
+      expect(a.w.draining).toBe(true);
+      await f.ledger.undrain('w-u', 'not yours');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(a.w.draining).toBe(true);
+      expect(await a.w.undrain()).toBe(false);
+      expect((await entry(f.ledger, 'w-u'))?.draining).toBe(true);
+      // a worker shutting down keeps draining whatever it is told
       const stopping = a.w.shutdown({ graceMs: 10_000 });
       await until('draining on shutdown', async () => a.w.draining);
+      await f.ledger.undrain('w-u', 'too late');
       expect(await a.w.undrain()).toBe(false);
       expect(a.w.draining).toBe(true);
       const late = await generate(a.gen, { text: 'late', sampling: greedy(2) });
