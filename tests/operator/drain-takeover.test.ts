@@ -116,7 +116,8 @@ it('a scale-down dropped because spec.workers.replicas changed under it takes it
   await new Promise((r) => setTimeout(r, 500)); // a few reconciles: nothing drains again, nothing is lowered
   expect(fleetObj().spec.workers.replicas).toBe(3);
   expect(orders).toEqual(['llm-workers-a']);
-  expect(undrains).toEqual(['llm-workers-a']);
+  // sent again while the ledger still showed a draining (until its next heartbeat): only ever to a
+  expect([...new Set(undrains)]).toEqual(['llm-workers-a']);
   expect(fields['llm-workers-a'].draining).toBe(false);
   expect(ann(ns, 'llm-workers-a')[POD_DELETION_COST]).toBeUndefined();
   await op.stop();
