@@ -98,6 +98,8 @@ export interface Capacity {
 }
 export type DrainRequest = Record<string, never>;
 export interface DrainResponse { running?: number }
+export type UndrainRequest = Record<string, never>;
+export interface UndrainResponse { admitting?: boolean }
 
 // ---- services ----
 export interface GenerationHandlers extends grpc.UntypedServiceImplementation {
@@ -106,6 +108,7 @@ export interface GenerationHandlers extends grpc.UntypedServiceImplementation {
 export interface WorkerHandlers extends grpc.UntypedServiceImplementation {
   GetCapacity: grpc.handleUnaryCall<GetCapacityRequest, Capacity>;
   Drain: grpc.handleUnaryCall<DrainRequest, DrainResponse>;
+  Undrain: grpc.handleUnaryCall<UndrainRequest, UndrainResponse>;
 }
 
 export interface GenerationClient extends grpc.Client {
@@ -118,6 +121,9 @@ export interface WorkerClient extends grpc.Client {
   Drain(req: DrainRequest, md: grpc.Metadata, opts: grpc.CallOptions,
     cb: grpc.requestCallback<DrainResponse>): grpc.ClientUnaryCall;
   Drain(req: DrainRequest, cb: grpc.requestCallback<DrainResponse>): grpc.ClientUnaryCall;
+  Undrain(req: UndrainRequest, md: grpc.Metadata, opts: grpc.CallOptions,
+    cb: grpc.requestCallback<UndrainResponse>): grpc.ClientUnaryCall;
+  Undrain(req: UndrainRequest, cb: grpc.requestCallback<UndrainResponse>): grpc.ClientUnaryCall;
 }
 type ClientCtor<C> = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ClientOptions) => C;
 

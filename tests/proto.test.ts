@@ -82,6 +82,7 @@ describe('kvfleet.v1 services over loopback', () => {
     addWorkerService(server, {
       GetCapacity(_c, cb) { cb(null, { worker_id: 'w', total_pages: 10, free_pages: 10 }); },
       Drain(_c, cb) { cb(null, { running: 0 }); },
+      Undrain(_c, cb) { cb(null, { admitting: true }); },
     });
     const health = addHealth(server, ['kvfleet.v1.Generation']);
     addReflection(server);

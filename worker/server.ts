@@ -292,13 +292,15 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
     return scheduler.capacity().running;
   };
   let stopping: Promise<void> | undefined;
-  const undrain = async (): Promise<boolean> => {
+  // by 'order' (the operator's undrain order): takes back only a drain order; by 'rpc' (Worker.Undrain, an admin):
+  // any drain but SIGTERM's
+  const undrain = async (by: 'order' | 'rpc' = 'order'): Promise<boolean> => {
     if (stopping !== undefined) {
-      log.info('undrain order ignored: the worker is shutting down');
+      log.info({ by }, 'undrain ignored: the worker is shutting down');
       return false;
     }
     if (!draining) return true;
-    if (drainedBy !== 'order') {
+    if (by === 'order' && drainedBy !== 'order') {
       log.info('undrain order ignored: the worker was drained through Worker.Drain, not by a drain order');
       return false;
     }
@@ -313,6 +315,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
   const workerHandlers: WorkerHandlers = {
     GetCapacity(_call, cb) { cb(null, capacity()); },
     Drain(_call, cb) { void drain().then((running) => cb(null, { running })); },
+    Undrain(_call, cb) { void undrain('rpc').then((admitting) => cb(null, { admitting })); },
   };
 
   addGenerationService(server, generation);
@@ -350,7 +353,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       heartbeatMs: cfg.heartbeatMs, budgetRefreshMs: cfg.budgetRefreshMs, log,
       capacity: snapshot, draining: () => draining || scheduler.draining, queued: () => scheduler.waitingIds(),
       onDrainOrder: () => { void drain('order'); },
-      onUndrainOrder: () => { void undrain(); },
+      onUndrainOrder: () => { void undrain('order'); },
     });
   }
 

@@ -290,8 +290,6 @@ describe('drain order on the events channel', () => {
       expect(ok.error).toBeUndefined();
       expect((await f.ledger.pick(4, 'after-undrain'))?.worker_id).toBe('w-u');
       await f.ledger.release('w-u', 'after-undrain');
-      const busy = generate(a.gen, { token_ids: { ids: prompt(20) }, sampling: { ...greedy(400), ignore_eos: true } });
-      await until('a request running', async () => a.w.scheduler.capacity().running > 0, 5000);
       // an admin's drain (Worker.Drain) is not the operator's to take back
       await new Promise<void>((resolve, reject) => a.wc.Drain({}, (e) => (e ? reject(e) : resolve())));
       expect(a.w.draining).toBe(true);
@@ -300,15 +298,27 @@ describe('drain order on the events channel', () => {
       expect(a.w.draining).toBe(true);
       expect(await a.w.undrain()).toBe(false);
       expect((await entry(f.ledger, 'w-u'))?.draining).toBe(true);
-      // a worker shutting down keeps draining whatever it is told
+      // the admin takes it back (Worker.Undrain), and drains again
+      const undrainRpc = () => new Promise<boolean>((resolve, reject) => a.wc.Undrain({}, (e, r) => (e ? reject(e) : resolve(r!.admitting === true))));
+      expect(await undrainRpc()).toBe(true);
+      expect(a.w.draining).toBe(false);
+      await until('draining=0 in the ledger again', async () => (await entry(f.ledger, 'w-u'))?.draining === false, 2000);
+      // a worker shutting down keeps draining whatever it is told (a long request keeps it up meanwhile)
+      const busy = openStream(a.gen, { token_ids: { ids: prompt(20) }, sampling: { ...greedy(8000), ignore_eos: true } });
+      await busy.firstToken;
+      expect(busy.error()).toBeUndefined();
       const stopping = a.w.shutdown({ graceMs: 10_000 });
       await until('draining on shutdown', async () => a.w.draining);
       await f.ledger.undrain('w-u', 'too late');
       expect(await a.w.undrain()).toBe(false);
+      expect(await undrainRpc()).toBe(false);
       expect(a.w.draining).toBe(true);
       const late = await generate(a.gen, { text: 'late', sampling: greedy(2) });
       expect(late.error?.code).toBe(grpc.status.UNAVAILABLE);
-      expect((await busy).error).toBeUndefined();
+      // still streaming through all of it; cancelled here so the shutdown need not wait for 8000 tokens
+      expect(busy.error()).toBeUndefined();
+      busy.call.cancel();
+      expect((await busy.done).error?.code).toBe(grpc.status.CANCELLED);
       await stopping;
     } finally {
       await a.stop();

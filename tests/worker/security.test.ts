@@ -31,6 +31,7 @@ const withToken = (token: string): grpc.Interceptor => (options, next) => new gr
 
 const getCapacity = (wc: WorkerClient) => new Promise<grpc.ServiceError | null>((resolve) => wc.GetCapacity({}, (e) => resolve(e)));
 const drainCall = (wc: WorkerClient) => new Promise<grpc.ServiceError | null>((resolve) => wc.Drain({}, (e) => resolve(e)));
+const undrainCall = (wc: WorkerClient) => new Promise<grpc.ServiceError | boolean>((resolve) => wc.Undrain({}, (e, r) => resolve(e ?? r!.admitting === true)));
 
 describe('bearer-token auth', () => {
   it('missing or wrong token: UNAUTHENTICATED on Generate, GetCapacity and Drain; health stays open; the right token is served', async () => {
@@ -63,6 +64,12 @@ describe('bearer-token auth', () => {
       expect(log).toMatch(/"request_id":"req-auth-ok"/);
       expect(log).not.toContain(TOKEN);
       expect(log).not.toContain('not-the-token');
+      // Undrain is as guarded as Drain
+      expect(await drainCall(good.wc)).toBeNull();
+      for (const c of [bare, bad]) expect(((await undrainCall(c.wc)) as grpc.ServiceError).code).toBe(grpc.status.UNAUTHENTICATED);
+      expect(w.draining).toBe(true);
+      expect(await undrainCall(good.wc)).toBe(true);
+      expect(w.draining).toBe(false);
     } finally {
       for (const c of [bare, bad, good]) { c.gen.close(); c.wc.close(); }
       h.close();
