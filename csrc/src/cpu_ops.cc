@@ -197,6 +197,19 @@ inline void axpy_f32(float* o, float p, const float* v, int32_t d) {
   for (; e < d; e++) o[e] += p * v[e];
 }
 
+// Softmax in place over s[0..n) of s[j] * scale, in the one order every CPU attention path uses (scale, max,
+// exp(x - max) summed in order, times 1/sum), so prefill and decode, blocked or not, agree bit for bit.
+static void softmax_scaled(float* s, int32_t n, float scale) {
+  float mx = -INFINITY;
+  for (int32_t j = 0; j < n; j++) {
+    s[j] *= scale;
+    mx = std::max(mx, s[j]);
+  }
+  float sum = 0;
+  for (int32_t j = 0; j < n; j++) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+  const float inv = 1.f / sum;
+  for (int32_t j = 0; j < n; j++) s[j] *= inv;
+}
 
 #ifdef KVF_AVX2
 // Eight 8-lane accumulators (one per key) reduced to one vector whose lane j is the sum of a[j]'s lanes, in a
@@ -352,6 +365,19 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
   }
 
+  // Prefill keys [n][Hk][d] as kt[g][e][j], j zero padded to np: a query's scores for 8 (or 16) keys are then d
+  // broadcast FMAs with no horizontal sums.
+  std::vector<float> keys_transposed(const float* k, int32_t n, int32_t Hk, int32_t d, int32_t np) const {
+    std::vector<float> kt((size_t)Hk * d * np, 0.f);
+#pragma omp parallel for num_threads(nt_) collapse(2) if ((double)Hk * d * n >= kParMinWork)
+    for (int32_t g = 0; g < Hk; g++)
+      for (int32_t e = 0; e < d; e++) {
+        float* row = kt.data() + ((size_t)g * d + e) * np;
+        for (int32_t j = 0; j < n; j++) row[j] = k[((size_t)j * Hk + g) * d + e];
+      }
+    return kt;
+  }
+
   void attn_prefill(float* out, const float* q, const float* k, const float* v, int32_t n, int32_t H, int32_t Hk,
                     int32_t d) override {
 #ifdef KVF_AVX2
@@ -373,13 +399,7 @@ class CpuBackend final : public Backend {
     const int32_t G = H / Hk, nc = d / 8;
     const float scale = 1.f / std::sqrt((float)d);
     const int32_t np = (n + 15) & ~15;  // keys transposed per KV head, kt[g][e][j], zero padded to 16
-    std::vector<float> kt((size_t)Hk * d * np, 0.f);
-#pragma omp parallel for num_threads(nt_) collapse(2) if ((double)Hk * d * n >= kParMinWork)
-    for (int32_t g = 0; g < Hk; g++)
-      for (int32_t e = 0; e < d; e++) {
-        float* row = kt.data() + ((size_t)g * d + e) * np;
-        for (int32_t j = 0; j < n; j++) row[j] = k[((size_t)j * Hk + g) * d + e];
-      }
+    const std::vector<float> kt = keys_transposed(k, n, Hk, d, np);
     const int32_t nqb = (n + QB - 1) / QB;
     const size_t vstride = (size_t)Hk * d;
 #pragma omp parallel num_threads(nt_) if ((double)H * n * n * d >= kParMinWork)
@@ -412,15 +432,7 @@ class CpuBackend final : public Backend {
           for (int32_t r = 0; r < nr; r++) {
             const int32_t i = i0 + r, jn = i + 1;  // keys 0..i
             float* sr = sbuf.data() + (size_t)r * np;
-            float mx = -INFINITY;
-            for (int32_t j = 0; j < jn; j++) {
-              sr[j] *= scale;
-              mx = std::max(mx, sr[j]);
-            }
-            float sum = 0;
-            for (int32_t j = 0; j < jn; j++) { sr[j] = std::exp(sr[j] - mx); sum += sr[j]; }
-            const float inv = 1.f / sum;
-            for (int32_t j = 0; j < jn; j++) sr[j] *= inv;
+            softmax_scaled(sr, jn, scale);
             // from zero, each column is the fma chain over keys in order that axpy_f32 builds in the generic version
             float* o = out + ((size_t)i * H + h) * d;
             std::fill(o, o + d, 0.f);
@@ -439,15 +451,9 @@ class CpuBackend final : public Backend {
     // Keys transposed per KV head, kt[g][e][j] (j padded to a multiple of 8 with zeros): a query's scores for 8 keys
     // are then d broadcast FMAs with no horizontal sums. Each score is still one fixed-order sum over e.
     const int32_t np = (n + 7) & ~7;
-    std::vector<float> kt((size_t)Hk * d * np, 0.f);
+    const std::vector<float> kt = keys_transposed(k, n, Hk, d, np);
     // causal: about n*n/2 scores and as many weighted V rows per query head
     const bool par = (double)H * n * n * d >= kParMinWork;
-#pragma omp parallel for num_threads(nt_) collapse(2) if ((double)Hk * d * n >= kParMinWork)
-    for (int32_t g = 0; g < Hk; g++)
-      for (int32_t e = 0; e < d; e++) {
-        float* row = kt.data() + ((size_t)g * d + e) * np;
-        for (int32_t j = 0; j < n; j++) row[j] = k[((size_t)j * Hk + g) * d + e];
-      }
 #pragma omp parallel num_threads(nt_) if (par)
     {
       std::vector<float> s((size_t)np);
@@ -473,17 +479,10 @@ class CpuBackend final : public Backend {
             s[j0] = acc;
           }
 #endif
-          float mx = -INFINITY;
-          for (int32_t j = 0; j < jn; j++) {
-            s[j] *= scale;
-            mx = std::max(mx, s[j]);
-          }
-          float sum = 0;
-          for (int32_t j = 0; j < jn; j++) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
-          const float inv = 1.f / sum;
+          softmax_scaled(s.data(), jn, scale);
           float* o = out + ((size_t)i * H + h) * d;
           for (int32_t e = 0; e < d; e++) o[e] = 0;
-          for (int32_t j = 0; j < jn; j++) axpy_f32(o, s[j] * inv, v + ((size_t)j * Hk + g) * d, d);
+          for (int32_t j = 0; j < jn; j++) axpy_f32(o, s[j], v + ((size_t)j * Hk + g) * d, d);
         }
     }
   }
@@ -627,13 +626,7 @@ class CpuBackend final : public Backend {
               s[(size_t)r * len + j] = dot_f32(q + ((size_t)b * H + g * G + r) * d, krow.data(), d) * scale;
           }
           for (int32_t r = 0; r < G; r++) {
-            float* sr = s.data() + (size_t)r * len;
-            float mx = -INFINITY;
-            for (int32_t j = 0; j < len; j++) mx = std::max(mx, sr[j]);
-            float sum = 0;
-            for (int32_t j = 0; j < len; j++) { sr[j] = std::exp(sr[j] - mx); sum += sr[j]; }
-            const float inv = 1.f / sum;
-            for (int32_t j = 0; j < len; j++) sr[j] *= inv;
+            softmax_scaled(s.data() + (size_t)r * len, len, 1.f);  // scores already scaled
           }
           float* o = out + ((size_t)b * H + g * G) * d;
           for (int32_t e = 0; e < G * d; e++) o[e] = 0;
