@@ -56,17 +56,25 @@ async function twoWorkerFleet(ns: string) {
   return { fields, orders, undrains, fleetObj };
 }
 
-it('a second operator finishes the first one\'s scale-down drain and drains no other worker', async () => {
-  const ns = await c.namespace();
-  const { fields, orders, undrains, fleetObj } = await twoWorkerFleet(ns);
-  const op1 = testOperator(c.kc, { namespace: ns });
-  await op1.start();
+/** twoWorkerFleet with an operator running and its Deployment rolled out, once the autoscaler's scale-down 2 -> 1
+ *  has worker a (the least loaded, still running its stream) draining. */
+async function drainingFleet(ns: string) {
+  const f = await twoWorkerFleet(ns);
+  const op = testOperator(c.kc, { namespace: ns });
+  stops.push(() => op.stop());
+  await op.start();
   await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
   c.server.setDeploymentStatus(ns, 'llm-workers');
-  await eventually(() => orders.includes('llm-workers-a'), 'a drain order to worker a', 10_000);
+  await eventually(() => f.fields['llm-workers-a'].draining, 'worker a draining', 10_000);
+  return { ...f, op };
+}
+
+it('a second operator finishes the first one\'s scale-down drain and drains no other worker', async () => {
+  const ns = await c.namespace();
+  const { fields, orders, undrains, fleetObj, op: op1 } = await drainingFleet(ns);
+  expect(orders).toEqual(['llm-workers-a']);
   await eventually(() => fleetObj().status?.scaleDown !== undefined, 'the drain recorded in status', 10_000);
   expect(fleetObj().status!.scaleDown).toMatchObject({ fromReplicas: 2, targetReplicas: 1, pods: ['llm-workers-a'] });
-  await eventually(() => fields['llm-workers-a'].draining, 'worker a draining');
   await new Promise((r) => setTimeout(r, 300)); // a few drain polls: a still runs its stream, nothing is lowered
   expect(fleetObj().spec.workers.replicas).toBe(2);
   await op1.stop();
@@ -95,13 +103,7 @@ it('a second operator finishes the first one\'s scale-down drain and drains no o
 
 it('a scale-down dropped because spec.workers.replicas changed under it takes its drain orders back', async () => {
   const ns = await c.namespace();
-  const { fields, orders, undrains, fleetObj } = await twoWorkerFleet(ns);
-  const op = testOperator(c.kc, { namespace: ns });
-  stops.push(() => op.stop());
-  await op.start();
-  await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
-  c.server.setDeploymentStatus(ns, 'llm-workers');
-  await eventually(() => fields['llm-workers-a'].draining, 'worker a draining', 10_000);
+  const { fields, orders, undrains, fleetObj, op } = await drainingFleet(ns);
   expect(fleetObj().status?.scaleDown).toMatchObject({ fromReplicas: 2, targetReplicas: 1, pods: ['llm-workers-a'] });
   expect(undrains).toEqual([]);
   // a user wants three workers, and no fewer, while a still runs its stream
@@ -128,13 +130,7 @@ it('a scale-down dropped because spec.workers.replicas changed under it takes it
 
 it('turning autoscaling off during a scale-down drops it and takes its drain orders back', async () => {
   const ns = await c.namespace();
-  const { fields, undrains, fleetObj } = await twoWorkerFleet(ns);
-  const op = testOperator(c.kc, { namespace: ns });
-  stops.push(() => op.stop());
-  await op.start();
-  await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
-  c.server.setDeploymentStatus(ns, 'llm-workers');
-  await eventually(() => fields['llm-workers-a'].draining, 'worker a draining', 10_000);
+  const { fields, undrains, fleetObj } = await drainingFleet(ns);
   await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { autoscaling: { enabled: false } } } },
     setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
   await eventually(() => undrains.includes('llm-workers-a'), 'an undrain order to worker a', 10_000);
@@ -145,13 +141,7 @@ it('turning autoscaling off during a scale-down drops it and takes its drain ord
 
 it('a count set to the drain\'s own target by hand removes exactly the drained worker', async () => {
   const ns = await c.namespace();
-  const { fields, undrains, fleetObj } = await twoWorkerFleet(ns);
-  const op = testOperator(c.kc, { namespace: ns });
-  stops.push(() => op.stop());
-  await op.start();
-  await eventually(() => c.server.object('apps', 'deployments', ns, 'llm-workers') !== undefined, 'the worker Deployment');
-  c.server.setDeploymentStatus(ns, 'llm-workers');
-  await eventually(() => fields['llm-workers-a'].draining, 'worker a draining', 10_000);
+  const { undrains, fleetObj } = await drainingFleet(ns);
   expect(ann(ns, 'llm-workers-a')[POD_DELETION_COST]).toBeUndefined(); // a is still busy: not marked yet
   await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { workers: { replicas: 1 } } } },
     setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
