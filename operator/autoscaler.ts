@@ -202,14 +202,7 @@ export class Autoscaler implements FleetAutoscaler {
         for (const id of p.pods) await ledger.undrain(id, `${why}: dropped`);
         this.undrains.set(key, { pods: new Set(p.pods), untilMs: this.now() + UNDRAIN_RETRY_MS, why });
       }
-      for (const name of p.pods) {
-        try {
-          await this.d.core.patchNamespacedPod({ namespace: fleet.metadata.namespace, name,
-            body: { metadata: { annotations: { [POD_DELETION_COST]: null } } } }, MERGE_PATCH);
-        } catch (err) {
-          if (!isNotFound(err)) throw err;
-        }
-      }
+      await this.setDeletionCost(fleet, p.pods, null);
     }
     this.event(fleet, 'Warning', 'ScaleDownDropped', 'Undrain',
       `${why}: dropped it${p.pods.length > 0 ? `; ${p.pods.join(', ')} admit requests again` : ''}`);
@@ -230,12 +223,13 @@ export class Autoscaler implements FleetAutoscaler {
     for (const id of still) await ledger.undrain(id, `${u.why}: dropped`);
   }
 
-  /** The pod-deletion-cost annotation on pods about to be removed (a pod already gone needs none). */
-  private async markForRemoval(fleet: Fleet, pods: readonly string[]): Promise<void> {
+  /** The pod-deletion-cost annotation on pods about to be removed (DRAINED_COST), or taken off again (null); a pod
+   *  already gone needs neither. */
+  private async setDeletionCost(fleet: Fleet, pods: readonly string[], cost: string | null): Promise<void> {
     for (const name of pods) {
       try {
         await this.d.core.patchNamespacedPod({ namespace: fleet.metadata.namespace, name,
-          body: { metadata: { annotations: { [POD_DELETION_COST]: DRAINED_COST } } } }, MERGE_PATCH);
+          body: { metadata: { annotations: { [POD_DELETION_COST]: cost } } } }, MERGE_PATCH);
       } catch (err) {
         if (!isNotFound(err)) throw err;
       }
@@ -269,7 +263,7 @@ export class Autoscaler implements FleetAutoscaler {
       // finished, all but the removal of its record: the leader that lowered the count stopped before that, or a user
       // set the count to the same target. Either way the drained pods are the ones to go: make sure they carry the
       // deletion cost (idempotent), so the ReplicaSet does not remove serving pods instead.
-      await this.markForRemoval(fleet, pending.pods);
+      await this.setDeletionCost(fleet, pending.pods, DRAINED_COST);
       this.drains.delete(key);
       pending = undefined;
     } else if (pending && pending.from !== current) {
@@ -368,7 +362,7 @@ export class Autoscaler implements FleetAutoscaler {
       log.warn({ busy }, 'drain timeout passed with work still running; scaling down anyway');
       this.event(fleet, 'Warning', 'DrainTimeout', 'Scale', `drainTimeoutSeconds passed with work still running on ${busy.join(', ')}; scaling down anyway`);
     }
-    await this.markForRemoval(fleet, p.pods);
+    await this.setDeletionCost(fleet, p.pods, DRAINED_COST);
     if (fleet.spec.workers.replicas !== p.target) {
       await this.setReplicas(fleet, p.target);
       log.info({ from: fleet.spec.workers.replicas, to: p.target, drained: p.pods, drainMs: this.now() - p.startedMs }, 'scaled down');
