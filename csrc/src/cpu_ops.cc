@@ -18,6 +18,7 @@
 #endif
 
 #include "ops.h"
+#include "sampling.h"
 
 namespace kvf {
 
@@ -34,6 +35,7 @@ const char* op_name(Op op) {
     case Op::KvWrite: return "kv_write";
     case Op::KvCopy: return "kv_copy";
     case Op::SnapkvScores: return "snapkv_scores";
+    case Op::Sample: return "sample";
     case Op::Count: break;
   }
   return "?";
@@ -685,6 +687,26 @@ class CpuBackend final : public Backend {
     kvf::snapkv_scores(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S);
   }
   // ---- end snapkv_scores ----
+
+  // sample: sampling.h's sample_token on a copy of each active row (the logits stay unchanged)
+  void sample(const float* logits, int32_t R, int32_t V, const SampleRow* rows, float softcap,
+              int32_t* tokens) override {
+    std::vector<float> scratch((size_t)V);
+    for (int32_t r = 0; r < R; r++) {
+      if (!rows[r].active) {
+        tokens[r] = -1;
+        continue;
+      }
+      const float* src = logits + (size_t)r * V;
+      std::copy(src, src + V, scratch.data());
+      SamplingSpec spec;
+      spec.temperature = rows[r].temperature;
+      spec.top_p = rows[r].top_p;
+      spec.top_k = rows[r].top_k;
+      spec.seed = rows[r].seed;
+      tokens[r] = sample_token(scratch.data(), V, spec, rows[r].position, softcap);
+    }
+  }
 
  private:
   int nt_ = 1;  // threads per parallel region

@@ -195,9 +195,12 @@ void Engine::prefill_attention_and_cache(int32_t l, Sequence& s, float* q, float
   const auto& c = model_->cfg;
   backend_->attn_prefill(attn, q, k, v, n, c.H, c.Hk, c.d);
   if (s.finish == Finish::Failed) return;
-  if (s.capped()) {  // the window's queries start the decode-cap ring
-    const int32_t w = s.budget.window;
-    for (int32_t i = std::max(0, n - w); i < n; i++) push_query(s, l, i, q + (size_t)i * c.H * c.d);
+  if (s.capped()) {  // the window's queries start the decode-cap ring (one download for the window)
+    const int32_t i0 = std::max(0, n - s.budget.window);
+    const size_t row = (size_t)c.H * c.d;
+    std::vector<float> qh((size_t)(n - i0) * row);
+    backend_->download(qh.data(), q + (size_t)i0 * row, qh.size() * sizeof(float));
+    for (int32_t i = i0; i < n; i++) push_query(s, l, i, qh.data() + (size_t)(i - i0) * row);
   }
   std::vector<std::vector<int32_t>> kept((size_t)c.Hk);
   if (s.layer_budget.empty()) {
@@ -277,14 +280,21 @@ void Engine::run_layer(int32_t l, Work& w) {
     backend_->rope(q, w.pos.data() + r0, T, c.H, rope_);
     backend_->rope(k, w.pos.data() + r0, T, c.Hk, rope_);
   }
-  for (size_t b = 0; b < w.dec.size(); b++)
-    if (w.dec[b]->capped()) push_query(*w.dec[b], l, w.pos[b], w.q + b * (size_t)Hd);
+  // decode-cap rings: one download of the decode rows' queries when any row is capped
+  if (std::any_of(w.dec.begin(), w.dec.end(), [](const Sequence* s) { return s->capped(); })) {
+    std::vector<float> qh(w.dec.size() * (size_t)Hd);
+    backend_->download(qh.data(), w.q, qh.size() * sizeof(float));
+    for (size_t b = 0; b < w.dec.size(); b++)
+      if (w.dec[b]->capped()) push_query(*w.dec[b], l, w.pos[b], qh.data() + b * (size_t)Hd);
+  }
 
   // decode rows: append this token's K/V to each head's pages, then attend over each head's own length
   const int32_t Bd = (int32_t)w.dec.size();
   if (Bd > 0) {
     const int32_t P = opts_.page_size;
     std::vector<PagedHead> heads((size_t)Bd * c.Hk);
+    // one write for the whole batch: token (b, g) is row b * Hk + g of w.k / w.v viewed as [Bd * Hk, d]
+    std::vector<int32_t> src_row((size_t)Bd * c.Hk), dst_page((size_t)Bd * c.Hk), dst_slot((size_t)Bd * c.Hk);
     for (int32_t b = 0; b < Bd; b++) {
       Sequence& s = *w.dec[b];
       for (int32_t g = 0; g < c.Hk; g++) {
@@ -295,15 +305,16 @@ void Engine::run_layer(int32_t l, Work& w) {
           hc.pages.push_back(s.append_pages.back());
           s.append_pages.pop_back();
         }
-        const int32_t page = hc.pages[hc.len() / P];
-        const int32_t row = 0;
-        backend_->kv_write(kv_, w.k + (size_t)b * Hkd + (size_t)g * c.d, w.v + (size_t)b * Hkd + (size_t)g * c.d,
-                           0, &row, &page, &slot, 1);
+        const size_t i = (size_t)b * c.Hk + g;
+        src_row[i] = (int32_t)i;
+        dst_page[i] = hc.pages[hc.len() / P];
+        dst_slot[i] = slot;
         hc.pos.push_back(w.pos[b]);
-        heads[(size_t)b * c.Hk + g] = PagedHead{hc.pages.data(), hc.len()};
+        heads[i] = PagedHead{hc.pages.data(), hc.len()};
       }
       note_pages(s);
     }
+    backend_->kv_write(kv_, w.k, w.v, c.d, src_row.data(), dst_page.data(), dst_slot.data(), Bd * c.Hk);
     backend_->attn_decode(w.attn, w.q, Bd, c.H, c.Hk, heads.data(), kv_);
     if (w.want_attn) {
       const size_t row = (size_t)c.H * c.d;
@@ -335,17 +346,31 @@ void Engine::run_layer(int32_t l, Work& w) {
   }
 }
 
-void Engine::finish_token(Sequence& s, StepSeqResult& r, float* logits, bool want_logits) {
+// The row's draw for the backend's sample op: inactive while a forced resume token is due (no draw is needed).
+SampleRow Engine::sample_row(const Sequence& s) const {
+  SampleRow row;
+  row.temperature = s.sampling.temperature;
+  row.top_p = s.sampling.top_p;
+  row.top_k = s.sampling.top_k;
+  row.seed = s.sampling.seed;
+  row.position = s.prompt.size() + s.generated.size();
+  row.active = s.forced.empty();
+  return row;
+}
+
+// sampled: the backend's token for this row (ignored while a forced resume token is due); logits_host: the row's
+// logits when the caller asked for them (else null).
+void Engine::finish_token(Sequence& s, StepSeqResult& r, int32_t sampled, const float* logits_host) {
   const auto& c = model_->cfg;
-  const uint64_t position = s.prompt.size() + s.generated.size();
-  if (want_logits) r.logits.assign(logits, logits + c.V);
+  if (logits_host) r.logits.assign(logits_host, logits_host + c.V);
   int32_t tok;
   if (!s.forced.empty()) {
     tok = s.forced.front();
     s.forced.pop_front();
     r.forced = true;
   } else {
-    tok = sample_token(logits, c.V, s.sampling, position, c.final_logit_softcap);
+    KVF_CHECK(sampled >= 0 && sampled < c.V, "the backend's sample op returned a token outside the vocabulary");
+    tok = sampled;
   }
   s.generated.push_back(tok);
   r.token = tok;
@@ -481,9 +506,18 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits, boo
       backend_->rmsnorm(xrn, xr, final_norm_, R, c.D, c.rms_eps);
       float* logits_dev = buf.f32((size_t)R * c.V);
       backend_->matmul(logits_dev, xrn, R, model_->lm_head, nullptr);
-      std::vector<float> logits((size_t)R * c.V);
-      backend_->download(logits.data(), logits_dev, logits.size() * sizeof(float));
-      for (int32_t i = 0; i < R; i++) finish_token(*out_seq[i], *out_res[i], logits.data() + (size_t)i * c.V, want_logits);
+      // tokens are picked where the logits are; only R ids come back (the logits too when asked for)
+      std::vector<SampleRow> rows((size_t)R);
+      for (int32_t i = 0; i < R; i++) rows[i] = sample_row(*out_seq[i]);
+      std::vector<int32_t> toks((size_t)R);
+      backend_->sample(logits_dev, R, c.V, rows.data(), c.final_logit_softcap, toks.data());
+      std::vector<float> logits;
+      if (want_logits) {
+        logits.resize((size_t)R * c.V);
+        backend_->download(logits.data(), logits_dev, logits.size() * sizeof(float));
+      }
+      for (int32_t i = 0; i < R; i++)
+        finish_token(*out_seq[i], *out_res[i], toks[i], want_logits ? logits.data() + (size_t)i * c.V : nullptr);
     }
   }
   // pages reserved for appends but not used (a head whose page had room) go back
@@ -498,12 +532,12 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits, boo
   return res;
 }
 
-void Engine::push_query(Sequence& s, int32_t l, int32_t position, const float* q_row) {
+void Engine::push_query(Sequence& s, int32_t l, int32_t position, const float* q_row) {  // q_row: host memory
   const auto& c = model_->cfg;
   const int32_t w = s.budget.window;
   const size_t row = (size_t)c.H * c.d;
   if (s.qring.empty()) s.qring.assign((size_t)c.L * w * row, 0.f);
-  backend_->download(s.qring.data() + ((size_t)l * w + position % w) * row, q_row, row * sizeof(float));
+  std::copy(q_row, q_row + row, s.qring.data() + ((size_t)l * w + position % w) * row);
 }
 
 // Evicts layers whose mean per-head length passed D + P down to a mean of D (the newest w tokens of every head

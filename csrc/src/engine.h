@@ -113,10 +113,11 @@ class Engine {
   const HeadCache& head(int64_t id, int32_t layer, int32_t head) const;  // range-checked
   void run_layer(int32_t l, Work& w);
   void prefill_attention_and_cache(int32_t l, Sequence& s, float* q, float* k, float* v, float* attn, int32_t n);
-  void finish_token(Sequence& s, StepSeqResult& r, float* logits, bool want_logits);
+  SampleRow sample_row(const Sequence& s) const;
+  void finish_token(Sequence& s, StepSeqResult& r, int32_t sampled, const float* logits_host);
   void fail_sequence(Sequence& s, StepSeqResult& r);
   void note_pages(Sequence& s);
-  void push_query(Sequence& s, int32_t l, int32_t position, const float* q_row);
+  void push_query(Sequence& s, int32_t l, int32_t position, const float* q_row_host);  // into the decode-cap ring
   void apply_decode_cap(Sequence& s);
 
   std::shared_ptr<Model> model_;

@@ -33,9 +33,20 @@ struct KVStoreDesc {
 };
 
 enum class Op : int32_t {
-  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, SnapkvScores, Count
+  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, SnapkvScores, Sample, Count
 };
 const char* op_name(Op op);
+
+// One row of a sampling call: the request's sampling parameters (validated by validate_sampling) and the draw's
+// position in the sequence. active = false: the row's token is not needed (a forced resume token); its output is -1.
+struct SampleRow {
+  float temperature = 0.f;  // 0 = greedy
+  float top_p = 1.f;
+  int32_t top_k = 0;
+  uint64_t seed = 0;
+  uint64_t position = 0;
+  bool active = true;
+};
 
 struct RopeParams {
   int32_t d = 0;
@@ -92,6 +103,13 @@ class Backend {
   virtual void snapkv_scores(const float* q, const int32_t* qpos_host, int32_t w, const float* k,
                              const int32_t* kpos_host, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
                              Pooling pooling, GqaReduce reduce, int32_t kernel, float* S_host) = 0;
+  // Picks one token per row from logits [R, V] (backend memory, left unchanged) as sampling.h's sample_token does
+  // (soft-cap, greedy argmax with the lower id on ties, or temperature with top-k / top-p over the candidates in
+  // descending logit order, ties by lower id, and the counter-based draw for (seed, position)). tokens: [R] host.
+  // The CPU backend is sample_token itself. Greedy rows are exact on every backend; a sampled row can differ from
+  // the CPU only when the draw falls within rounding (~1e-15 relative) of a boundary between two tokens.
+  virtual void sample(const float* logits, int32_t R, int32_t V, const SampleRow* rows_host, float softcap,
+                      int32_t* tokens_host) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int32_t threads);

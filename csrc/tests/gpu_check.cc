@@ -552,6 +552,26 @@ void time_matmul(Backend& gpu_split, Backend& gpu_plain, Rng& r) {
   }
 }
 
+// The sample op per decode step: R = 32 rows of a 128256-token vocabulary (Llama 3), all greedy, then all top-p
+// (the sorted path), tokens included (the op waits for them).
+void time_sample(Backend& gpu, Rng& r) {
+  const int R = 32, V = 128256;
+  Dev g(gpu);
+  float* ld = g.up(randn(r, (size_t)R * V, 3.f));
+  std::vector<int32_t> tok((size_t)R);
+  for (int kind = 0; kind < 2; kind++) {
+    std::vector<SampleRow> rows((size_t)R);
+    for (int i = 0; i < R; i++) {
+      rows[i].position = (uint64_t)i;
+      rows[i].temperature = kind == 0 ? 0.f : 0.8f;
+      rows[i].top_p = kind == 0 ? 1.f : 0.9f;
+    }
+    const double t = time_it(gpu, 20, [&] { gpu.sample(ld, R, V, rows.data(), 0.f, tok.data()); });
+    std::printf("timing  sample R=%d V=%d %-24s %8.1f us per call\n", R, V, kind == 0 ? "greedy" : "top-p 0.9 (sorted)",
+                t * 1e6);
+  }
+}
+
 double time_copy(Backend& gpu) {
   const size_t bytes = (size_t)1 << 30;
   Dev g(gpu);
@@ -755,6 +775,60 @@ void bench_e2e(Rng& r) {
   }
 }
 
+// Sampling: tokens from the CUDA sample op against sampling.cc (the CPU op) on random logits, a mixture of rows in
+// one call (greedy, temperature, top-k, top-p, both, inactive), with and without a soft-cap, and logits with many
+// exact ties (the lower id must win everywhere). The logits must come back unchanged.
+void check_sample(Backend& cpu, Backend& gpu, Rng& r) {
+  struct Case {
+    int V, R;
+    float softcap;
+    bool ties;  // logits rounded to multiples of 0.5: many exact ties
+  };
+  const std::vector<Case> cases = {{32000, 96, 0.f, false}, {32000, 64, 30.f, false}, {1000, 48, 0.f, true},
+                                   {77, 40, 0.f, false},    {128256, 16, 0.f, false}, {5000, 48, 0.f, true}};
+  for (const Case& c : cases) {
+    auto logits = randn(r, (size_t)c.R * c.V, 3.f);
+    if (c.ties)
+      for (auto& x : logits) x = std::round(x * 2.f) / 2.f;
+    std::vector<SampleRow> rows((size_t)c.R);
+    for (int i = 0; i < c.R; i++) {
+      SampleRow& row = rows[i];
+      row.seed = 1000 + (uint64_t)r.below(1 << 30);
+      row.position = (uint64_t)r.below(1 << 20);
+      switch (i % 8) {
+        case 0: row.temperature = 0.f; break;                                        // greedy
+        case 1: row.temperature = 0.8f; break;                                       // plain temperature
+        case 2: row.temperature = 1.f; row.top_k = 50; break;                        // top-k
+        case 3: row.temperature = 0.7f; row.top_p = 0.9f; break;                     // top-p
+        case 4: row.temperature = 1.3f; row.top_k = 1000; row.top_p = 0.95f; break;  // both (k may exceed V)
+        case 5: row.temperature = 0.f; row.active = false; break;                    // a forced token: no draw
+        case 6: row.temperature = 1.f; row.top_p = 0.5f; break;
+        default: row.temperature = 2.f; row.top_k = 1; break;                        // top-k 1: the argmax
+      }
+    }
+    std::vector<int32_t> tc((size_t)c.R), tg((size_t)c.R, -7);
+    cpu.sample(logits.data(), c.R, c.V, rows.data(), c.softcap, tc.data());
+    Dev g(gpu);
+    float* ld = g.up(logits);
+    gpu.sample(ld, c.R, c.V, rows.data(), c.softcap, tg.data());
+    int diff = 0;
+    std::string first;
+    for (int i = 0; i < c.R; i++)
+      if (tc[i] != tg[i]) {
+        if (!diff)
+          first = "row " + std::to_string(i) + " (kind " + std::to_string(i % 8) + "): cpu " + std::to_string(tc[i]) +
+                  ", cuda " + std::to_string(tg[i]);
+        diff++;
+      }
+    const std::string shape =
+        shape_str({{"V", c.V}, {"R", c.R}}) + (c.softcap > 0 ? " softcap 30" : "") + (c.ties ? " ties" : "");
+    record_bool("sample", shape, diff == 0,
+                diff ? std::to_string(diff) + " rows differ, first " + first : "8 row kinds, tokens identical");
+    auto back = g.down(ld, logits.size());
+    record("sample (logits unchanged)", shape, nmse(back.data(), logits.data(), logits.size()), 0.0);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -800,6 +874,7 @@ int main(int argc, char** argv) {
     check_decode(*cpu, *gpu, r);
     check_kv_ops(*cpu, *gpu, r);
     check_snapkv(*cpu, *gpu, r);
+    check_sample(*cpu, *gpu, r);
     check_engine(r);
 
     if (timing) {
@@ -812,6 +887,7 @@ int main(int argc, char** argv) {
       time_matmul(*tsplit, *tplain, r);
       const double copy_bw = time_copy(*tsplit);
       time_decode(*tsplit, r, copy_bw);
+      time_sample(*tsplit, r);
     }
     if (e2e_bench) bench_e2e(r);
   } catch (const std::exception& e) {

@@ -6,6 +6,8 @@
 
 #include "check.h"
 #include "ops.h"
+#include "sampling.h"
+#include "synth_weights.h"
 
 namespace {
 
@@ -69,4 +71,40 @@ TEST_CASE("attn_prefill is the same bit for bit on one thread and on several") {
   kvf::make_cpu_backend(1)->attn_prefill(a.data(), q.data(), k.data(), v.data(), n, H, Hk, d);
   kvf::make_cpu_backend(4)->attn_prefill(b.data(), q.data(), k.data(), v.data(), n, H, Hk, d);
   EXPECT(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+TEST_CASE("the CPU sample op is sample_token per row: inactive rows give -1, the logits stay unchanged") {
+  const int V = 300, R = 6;
+  kvf::SeededRng r{77};
+  std::vector<float> logits((size_t)R * V);
+  for (auto& x : logits) x = (float)r.normal() * 2.f;
+  const std::vector<float> orig = logits;
+  std::vector<kvf::SampleRow> rows((size_t)R);
+  rows[0].temperature = 0.f;
+  rows[1].temperature = 0.9f;
+  rows[2].temperature = 1.f, rows[2].top_k = 5;
+  rows[3].temperature = 0.7f, rows[3].top_p = 0.8f;
+  rows[4].active = false;
+  rows[5].temperature = 1.2f, rows[5].top_k = 40, rows[5].top_p = 0.9f;
+  for (int i = 0; i < R; i++) rows[i].seed = 11 + i, rows[i].position = 100 + i;
+  auto be = kvf::make_cpu_backend(1);
+  std::vector<int32_t> tok((size_t)R, -7);
+  be->sample(logits.data(), R, V, rows.data(), 20.f, tok.data());
+  EXPECT(logits == orig);
+  EXPECT_EQ(tok[4], -1);
+  for (int i = 0; i < R; i++) {
+    if (!rows[i].active) continue;
+    std::vector<float> row(orig.begin() + (size_t)i * V, orig.begin() + (size_t)(i + 1) * V);
+    kvf::SamplingSpec spec;
+    spec.temperature = rows[i].temperature;
+    spec.top_k = rows[i].top_k;
+    spec.top_p = rows[i].top_p;
+    spec.seed = rows[i].seed;
+    EXPECT_EQ(tok[i], kvf::sample_token(row.data(), V, spec, rows[i].position, 20.f));
+  }
+  // greedy is the soft-capped argmax
+  int best = 0;
+  for (int i = 1; i < V; i++)
+    if (orig[i] > orig[best]) best = i;
+  EXPECT_EQ(tok[0], best);
 }

@@ -1,5 +1,5 @@
-// The CUDA backend: the op table (ops.h) filled with the kernels of elementwise.cu, matmul.cu, attention.cu and
-// snapkv.cu. Every op runs on the device; none falls back to the CPU.
+// The CUDA backend: the op table (ops.h) filled with the kernels of elementwise.cu, matmul.cu, attention.cu,
+// snapkv.cu and sampling.cu. Every op runs on the device; none falls back to the CPU.
 //
 // Memory. Activations, the page pool and the engine's norm weights are cudaMalloc'd buffers (alloc), one cudaMalloc
 // per buffer, never managed memory. Weight matrices arrive as host memory (the model's memory maps): each is copied
@@ -19,12 +19,14 @@
 
 #include "cuda_backend.h"
 #include "kernels.cuh"
+#include "sampling.h"
 
 namespace kvf {
 
 namespace {
 
 using cuda::DecodeHead;
+using cuda::SampleRowDev;
 using cuda::GrowBuffer;
 using cuda::Staging;
 
@@ -307,6 +309,36 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(st_.s));
   }
 
+  void sample(const float* logits, int32_t R, int32_t V, const SampleRow* rows, float softcap,
+              int32_t* tokens) override {
+    if (R <= 0) return;
+    if (V <= 0) bad_argument("sample: vocabulary size must be positive, got " + std::to_string(V));
+    rows_dev_.resize(R);
+    bool any_filtered = false;
+    for (int32_t r = 0; r < R; r++) {
+      const SampleRow& in = rows[r];
+      SampleRowDev& o = rows_dev_[r];
+      o.temperature = in.temperature;
+      o.top_p = in.top_p;
+      o.top_k = in.top_k;
+      o.active = in.active ? 1 : 0;
+      o.filtered = in.active && in.temperature != 0.f && ((in.top_k > 0 && in.top_k < V) || in.top_p < 1.f) ? 1 : 0;
+      o.pad_ = 0;
+      o.invt = in.temperature != 0.f ? 1.0 / in.temperature : 0.0;
+      o.u = counter_uniform(in.seed, in.position);
+      any_filtered = any_filtered || o.filtered;
+    }
+    on_device();
+    stage_.clear();
+    const size_t o_r = stage_.add(rows_dev_.data(), rows_dev_.size() * sizeof(SampleRowDev));
+    char* base = stage_.upload(st_);
+    int32_t* tok_dev = static_cast<int32_t*>(tokens_.ensure((size_t)R * sizeof(int32_t), st_));
+    cuda::launch_sample(st_, tok_dev, logits, R, V, reinterpret_cast<const SampleRowDev*>(base + o_r), any_filtered,
+                        softcap, sample_ws_);
+    CUDA_CHECK(cudaMemcpyAsync(tokens, tok_dev, (size_t)R * sizeof(int32_t), cudaMemcpyDeviceToHost, st_.s));
+    CUDA_CHECK(cudaStreamSynchronize(st_.s));
+  }
+
   double last_decode_kernel_ms() {
     if (!ev_[0]) bad_argument("cuda_last_decode_kernel_ms: the backend was made without time_decode_kernels");
     on_device();
@@ -358,7 +390,8 @@ class CudaBackend final : public Backend {
   cuda::Stream st_;
   std::unordered_map<const void*, DevWeight> weights_;
   Staging stage_;
-  GrowBuffer planes_, decode_ws_, readback_, snap_ws_;
+  GrowBuffer planes_, decode_ws_, readback_, snap_ws_, sample_ws_, tokens_;
+  std::vector<cuda::SampleRowDev> rows_dev_;
   std::vector<DecodeHead> dh_;
   std::vector<int32_t> flat_pages_, items_;
   cudaEvent_t ev_[2] = {nullptr, nullptr};  // around the decode kernels, when time_decode_kernels

@@ -72,5 +72,22 @@ void launch_snapkv(const Stream& st, float* S, const float* q, const float* k, c
                    int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
                    int32_t kernel, float scale, float* logits, float* stats, float* R);
 
+// ---- sampling.cu ----
+// One row of a sample call on the device: ops.h's SampleRow with the host-side pieces precomputed.
+struct SampleRowDev {
+  float temperature;
+  float top_p;
+  int32_t top_k;
+  int32_t active;    // 0: out = -1
+  int32_t filtered;  // top-k (0 < k < V) or top-p < 1: the candidates come from the sorted keys
+  int32_t pad_;
+  double invt;       // 1.0 / double(temperature), as sampling.cc computes it
+  double u;          // counter_uniform(seed, position)
+};
+// tokens[R] (device) from logits[R, V] (unchanged), as sampling.cc's sample_token. any_filtered: some row needs
+// the sorted candidate order (a segmented radix sort of every row runs first). ws: sort keys and CUB's workspace.
+void launch_sample(const Stream& st, int32_t* tokens, const float* logits, int32_t R, int32_t V,
+                   const SampleRowDev* rows, bool any_filtered, float softcap, GrowBuffer& ws);
+
 }  // namespace cuda
 }  // namespace kvf

@@ -1,0 +1,219 @@
+// Token sampling on the device. Reference: sampling.cc sample_token (the CPU backend's sample op); same steps, same
+// arithmetic per element (float soft-cap, double probabilities exp((l - max) / t)), only the sums run in a fixed
+// blocked order instead of one sequential loop, so a sampled row can differ from the CPU only when its draw falls
+// within rounding of a boundary between two tokens. Greedy rows are exact.
+//
+// One block of kThreads per row. Per row:
+//   inactive: token -1.
+//   greedy (temperature 0): argmax of the soft-capped logits, the lower id on ties.
+//   temperature, no filter: candidates are all ids in id order. Thread t owns a contiguous chunk of them; chunk sums
+//     of p = exp((l - max) / t) are scanned across the block (fixed order), the draw target u * total is found in
+//     the chunk whose [exclusive, inclusive) range holds it, and that thread walks its chunk.
+//   top-k and/or top-p: candidates in descending logit order, ties by lower id, as the CPU's sort orders them: a
+//     segmented radix sort (CUB, in the CUDA toolkit) of 64-bit keys (order-preserving bits of the capped logit,
+//     then the complement of the id) over every row. top-k keeps the first k; top-p keeps the shortest prefix whose
+//     share of the mass reaches top_p; the draw walks the kept prefix as above.
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include <cmath>
+
+#include "kernels.cuh"
+
+namespace kvf {
+namespace cuda {
+
+namespace {
+
+constexpr int kThreads = 512;
+
+__device__ __forceinline__ float capped(float x, float softcap) {
+  return softcap > 0.f ? softcap * tanhf(x / softcap) : x;
+}
+
+// Order-preserving map of a float to uint32 (larger float, larger key); -0 and +0 map to the same key.
+__device__ __forceinline__ uint32_t order_bits(float x) {
+  if (x == 0.f) x = 0.f;
+  const uint32_t b = __float_as_uint(x);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// keys[r * V + i] = order_bits(capped logit) << 32 | ~i: sorted descending, the larger logit first, then the lower id.
+__global__ void sample_keys_kernel(uint64_t* __restrict__ keys, const float* __restrict__ logits, int64_t n, int V,
+                                   float softcap) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= n) return;
+  const uint32_t id = (uint32_t)(idx % V);
+  keys[idx] = ((uint64_t)order_bits(capped(logits[idx], softcap)) << 32) | (uint64_t)(0xFFFFFFFFu - id);
+}
+
+__global__ void segment_offsets_kernel(int* __restrict__ off, int R, int V) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r <= R) off[r] = r * V;
+}
+
+struct ArgMax {
+  float v;
+  int i;
+};
+struct ArgMaxOp {
+  __device__ __forceinline__ ArgMax operator()(const ArgMax& a, const ArgMax& b) const {
+    // an empty side (id -1) never wins; NaN never wins (a comparison with NaN is false); equal values: the lower id
+    if (b.i < 0) return a;
+    if (a.i < 0) return b;
+    return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
+  }
+};
+
+struct MinOp {
+  __device__ __forceinline__ int operator()(int a, int b) const { return b < a ? b : a; }
+};
+
+using BlockScanD = cub::BlockScan<double, kThreads>;
+using BlockReduceA = cub::BlockReduce<ArgMax, kThreads>;
+using BlockReduceI = cub::BlockReduce<int, kThreads>;
+
+union SampleSmem {
+  typename BlockScanD::TempStorage scan;
+  typename BlockReduceA::TempStorage arg;
+  typename BlockReduceI::TempStorage red;
+};
+
+// The candidate order: filtered rows read the sorted keys, the others use id order.
+struct Candidates {
+  const float* logits;      // this row's raw logits
+  const uint64_t* sorted;   // this row's sorted keys, or null (id order)
+  float softcap;
+  __device__ __forceinline__ int id(int i) const {
+    return sorted ? (int)(0xFFFFFFFFu - (uint32_t)(sorted[i] & 0xFFFFFFFFu)) : i;
+  }
+  __device__ __forceinline__ double p(int i, float mx, double invt) const {
+    return exp(((double)capped(logits[id(i)], softcap) - (double)mx) * invt);
+  }
+};
+
+// Scans the chunk sums of p over candidates [0, count): thread t owns [t * chunk, (t + 1) * chunk). Returns the
+// block total; sm_excl[t] = thread t's exclusive prefix, sm_excl[kThreads] = the total. The scan's prefixes
+// partition [0, total) into the threads' ranges [sm_excl[t], sm_excl[t + 1]) whatever the rounding.
+__device__ double scan_chunks(SampleSmem& sm, double* sm_excl, const Candidates& c, int count, int chunk, float mx,
+                              double invt) {
+  const int b = threadIdx.x * chunk, e = min(count, b + chunk);
+  double s = 0.0;
+  for (int i = b; i < e; i++) s += c.p(i, mx, invt);
+  double excl = 0.0, agg = 0.0;
+  BlockScanD(sm.scan).ExclusiveSum(s, excl, agg);
+  sm_excl[threadIdx.x] = excl;
+  if (threadIdx.x == 0) sm_excl[kThreads] = agg;
+  __syncthreads();
+  return agg;
+}
+
+// The first candidate index at which the running sum crosses a threshold, i.e. `pred(cum)` turns true. Thread t
+// walks its chunk when the crossing lies in its range (pred false at sm_excl[t], true at sm_excl[t + 1]); if
+// rounding keeps its walk short of the crossing, the chunk's last index. The lowest such index over the block (one
+// answer, whatever the rounding); count when no thread finds one.
+template <typename Pred>
+__device__ int first_crossing(SampleSmem& sm, int* s_first, const double* sm_excl, const Candidates& c, int count,
+                              int chunk, float mx, double invt, Pred pred) {
+  const int t = threadIdx.x, b = t * chunk, e = min(count, b + chunk);
+  int found = count;
+  if (b < e && !pred(sm_excl[t]) && pred(sm_excl[t + 1])) {
+    double s = 0.0;
+    found = e - 1;
+    for (int i = b; i < e; i++) {
+      s += c.p(i, mx, invt);
+      if (pred(sm_excl[t] + s)) {
+        found = i;
+        break;
+      }
+    }
+  }
+  const int first = BlockReduceI(sm.red).Reduce(found, MinOp());
+  if (t == 0) *s_first = first;
+  __syncthreads();
+  return *s_first;
+}
+
+// rows[r]: the row's parameters (u: its uniform draw in [0, 1), counter_uniform computed on the host).
+__global__ void __launch_bounds__(kThreads) sample_rows_kernel(int32_t* __restrict__ out, const float* __restrict__ logits,
+                                                               const uint64_t* __restrict__ sorted,
+                                                               const SampleRowDev* __restrict__ rows, int V,
+                                                               float softcap) {
+  __shared__ SampleSmem sm;
+  __shared__ double sm_excl[kThreads + 1];
+  __shared__ int s_best, s_first;
+  const int r = blockIdx.x, tid = threadIdx.x;
+  const SampleRowDev row = rows[r];
+  const float* lr = logits + (size_t)r * V;
+  if (!row.active) {
+    if (tid == 0) out[r] = -1;
+    return;
+  }
+  // the maximum (greedy: its id), lower id on ties
+  ArgMax a{-INFINITY, -1};
+  for (int i = tid; i < V; i += kThreads) {
+    const float x = capped(lr[i], softcap);
+    if (a.i < 0 || x > a.v) a = ArgMax{x, i};
+  }
+  const ArgMax best = BlockReduceA(sm.arg).Reduce(a, ArgMaxOp());
+  if (tid == 0) s_best = best.i < 0 ? 0 : best.i;
+  __syncthreads();
+  if (row.temperature == 0.f) {
+    if (tid == 0) out[r] = s_best;
+    return;
+  }
+  const float mx = capped(lr[s_best], softcap);
+  const Candidates c{lr, row.filtered ? sorted + (size_t)r * V : nullptr, softcap};
+  int count = (row.top_k > 0 && row.top_k < V) ? row.top_k : V;
+  int chunk = (count + kThreads - 1) / kThreads;
+  double total = scan_chunks(sm, sm_excl, c, count, chunk, mx, row.invt);
+  if (row.top_p < 1.f) {
+    // the shortest prefix whose share of the mass reaches top_p, then its own total in chunks of the kept count
+    const double top_p = (double)row.top_p, tot = total;
+    const int last = first_crossing(sm, &s_first, sm_excl, c, count, chunk, mx, row.invt,
+                                    [=](double cum) { return cum / tot >= top_p; });
+    count = last >= count ? count : last + 1;
+    chunk = (count + kThreads - 1) / kThreads;
+    total = scan_chunks(sm, sm_excl, c, count, chunk, mx, row.invt);
+  }
+  const double target = row.u * total;
+  const int i = first_crossing(sm, &s_first, sm_excl, c, count, chunk, mx, row.invt,
+                               [=](double cum) { return target < cum; });
+  if (tid == 0) out[r] = c.id(i >= count ? count - 1 : i);
+}
+
+}  // namespace
+
+void launch_sample(const Stream& st, int32_t* tokens, const float* logits, int32_t R, int32_t V,
+                   const SampleRowDev* rows, bool any_filtered, float softcap, GrowBuffer& ws) {
+  if (R <= 0) return;
+  const uint64_t* sorted = nullptr;
+  if (any_filtered) {
+    const int64_t n = (int64_t)R * V;
+    KVF_CHECK(n < (int64_t)1 << 31, "sample: rows x vocabulary exceeds the sort's 2^31 items");
+    size_t temp_bytes = 0;
+    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(nullptr, temp_bytes, (const uint64_t*)nullptr,
+                                                                  (uint64_t*)nullptr, (int)n, R, (const int*)nullptr,
+                                                                  (const int*)nullptr, 0, 64, st.s));
+    const size_t keys_bytes = (size_t)n * sizeof(uint64_t), off_bytes = ((size_t)(R + 1) * sizeof(int) + 255) & ~(size_t)255;
+    char* base = static_cast<char*>(ws.ensure(2 * keys_bytes + off_bytes + temp_bytes, st));
+    uint64_t* keys_in = reinterpret_cast<uint64_t*>(base);
+    uint64_t* keys_out = reinterpret_cast<uint64_t*>(base + keys_bytes);
+    int* off = reinterpret_cast<int*>(base + 2 * keys_bytes);
+    void* temp = base + 2 * keys_bytes + off_bytes;
+    sample_keys_kernel<<<(unsigned)((n + 255) / 256), 256, 0, st.s>>>(keys_in, logits, n, V, softcap);
+    KVF_AFTER_LAUNCH(st, "sample_keys_kernel");
+    segment_offsets_kernel<<<(R + 1 + 255) / 256, 256, 0, st.s>>>(off, R, V);
+    KVF_AFTER_LAUNCH(st, "segment_offsets_kernel");
+    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(temp, temp_bytes, keys_in, keys_out, (int)n, R, off,
+                                                                  off + 1, 0, 64, st.s));
+    KVF_AFTER_LAUNCH(st, "DeviceSegmentedRadixSort::SortKeysDescending");
+    sorted = keys_out;
+  }
+  sample_rows_kernel<<<R, kThreads, 0, st.s>>>(tokens, logits, sorted, rows, V, softcap);
+  KVF_AFTER_LAUNCH(st, "sample_rows_kernel");
+}
+
+}  // namespace cuda
+}  // namespace kvf
