@@ -35,6 +35,7 @@ const char* op_name(Op op) {
     case Op::KvWrite: return "kv_write";
     case Op::KvCopy: return "kv_copy";
     case Op::SnapkvScores: return "snapkv_scores";
+    case Op::SnapkvSelect: return "snapkv_select";
     case Op::Sample: return "sample";
     case Op::Count: break;
   }
@@ -687,6 +688,14 @@ class CpuBackend final : public Backend {
     kvf::snapkv_scores(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S);
   }
   // ---- end snapkv_scores ----
+
+  void snapkv_select(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos, int32_t m,
+                     int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
+                     int32_t kernel, int32_t Bp, float alpha, bool ada, std::vector<std::vector<int32_t>>& kept) override {
+    std::vector<float> S((size_t)Hk * std::max(m_prefix, 0));
+    snapkv_scores(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S.data());
+    allocate(S.data(), Hk, m_prefix, Bp, alpha, ada, kept);
+  }
 
   // sample: sampling.h's sample_token on a copy of each active row (the logits stay unchanged)
   void sample(const float* logits, int32_t R, int32_t V, const SampleRow* rows, float softcap,

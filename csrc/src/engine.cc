@@ -213,12 +213,11 @@ void Engine::prefill_attention_and_cache(int32_t l, Sequence& s, float* q, float
     std::vector<int32_t> qpos(w), kpos(n);
     for (int32_t i = 0; i < w; i++) qpos[i] = mp + i;
     for (int32_t j = 0; j < n; j++) kpos[j] = j;
-    std::vector<float> S((size_t)c.Hk * mp);
-    // q and k are backend memory (the layer scratch): the backend scores them, S comes back to the host, where
-    // the allocation runs beside the page tables.
-    backend_->snapkv_scores(q + (size_t)mp * c.H * c.d, qpos.data(), w, k, kpos.data(), n, mp, c.H, c.Hk, c.d,
-                            s.budget.pooling, s.budget.gqa_reduce, s.budget.pool_kernel, S.data());
-    allocate(S.data(), c.Hk, mp, s.layer_budget[l], s.budget.floor_alpha, method_is_ada(s.budget.method), kept);
+    // q and k are backend memory (the layer scratch): the backend scores them and allocates; only the kept
+    // positions come back to the host, where the page tables are.
+    backend_->snapkv_select(q + (size_t)mp * c.H * c.d, qpos.data(), w, k, kpos.data(), n, mp, c.H, c.Hk, c.d,
+                            s.budget.pooling, s.budget.gqa_reduce, s.budget.pool_kernel, s.layer_budget[l],
+                            s.budget.floor_alpha, method_is_ada(s.budget.method), kept);
     for (auto& kh : kept)
       for (int32_t i = 0; i < w; i++) kh.push_back(mp + i);
   }

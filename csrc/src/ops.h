@@ -33,7 +33,7 @@ struct KVStoreDesc {
 };
 
 enum class Op : int32_t {
-  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, SnapkvScores, Sample, Count
+  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, SnapkvScores, SnapkvSelect, Sample, Count
 };
 const char* op_name(Op op);
 
@@ -103,6 +103,13 @@ class Backend {
   virtual void snapkv_scores(const float* q, const int32_t* qpos_host, int32_t w, const float* k,
                              const int32_t* kpos_host, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
                              Pooling pooling, GqaReduce reduce, int32_t kernel, float* S_host) = 0;
+  // SnapKV scores and the allocation of one layer in one op: snapkv_scores (same arguments), then compress.h's
+  // allocate(S, Hk, m_prefix, Bp, alpha, ada) over them, with the same checks and tie-breaking, so every backend keeps
+  // the same positions. The scores stay in backend memory; only kept[Hk] (ascending prefix positions) comes back.
+  virtual void snapkv_select(const float* q, const int32_t* qpos_host, int32_t w, const float* k,
+                             const int32_t* kpos_host, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
+                             Pooling pooling, GqaReduce reduce, int32_t kernel, int32_t Bp, float alpha, bool ada,
+                             std::vector<std::vector<int32_t>>& kept) = 0;
   // Picks one token per row from logits [R, V] (backend memory, left unchanged) as sampling.h's sample_token does
   // (soft-cap, greedy argmax with the lower id on ties, or temperature with top-k / top-p over the candidates in
   // descending logit order, ties by lower id, and the counter-based draw for (seed, position)). tokens: [R] host.

@@ -509,6 +509,24 @@ void check_snapkv(Backend& cpu, Backend& gpu, Rng& r) {
     bool finite = std::all_of(Sg.begin(), Sg.end(), [](float x) { return std::isfinite(x); });
     if (finite) allocate(Sg.data(), c.Hk, mp, Bp, 0.2f, true, kg);
     record_bool("snapkv kept positions", shape + " B'=100 ada", finite && kc == kg, "");
+    // the allocation on the device (snapkv_select): the same positions as the CPU op for uniform, Ada with and
+    // without the safeguard, and a budget that keeps everything (max pooling makes many exact ties)
+    struct Sel {
+      int Bp;
+      float alpha;
+      bool ada;
+      const char* name;
+    };
+    for (const Sel& sel : {Sel{std::min(mp, 100), 0.2f, true, "ada a=0.2"}, Sel{std::min(mp, 64), 0.f, true, "ada a=0"},
+                           Sel{std::min(mp, 77), 0.2f, false, "uniform"}, Sel{mp, 0.2f, true, "ada B'=m"}}) {
+      std::vector<std::vector<int32_t>> sc, sg;
+      cpu.snapkv_select(q.data(), qpos.data(), c.w, k.data(), kpos.data(), m, mp, c.H, c.Hk, c.d, c.pool, c.red,
+                        c.kernel, sel.Bp, sel.alpha, sel.ada, sc);
+      gpu.snapkv_select(g.up(q), qpos.data(), c.w, g.up(k), kpos.data(), m, mp, c.H, c.Hk, c.d, c.pool, c.red, c.kernel,
+                        sel.Bp, sel.alpha, sel.ada, sg);
+      record_bool("snapkv_select", shape + " B'=" + std::to_string(sel.Bp) + " " + sel.name, sc == sg,
+                  "kept positions of every head");
+    }
   }
 }
 

@@ -1,5 +1,5 @@
 // The CUDA backend: the op table (ops.h) filled with the kernels of elementwise.cu, matmul.cu, attention.cu,
-// snapkv.cu and sampling.cu. Every op runs on the device; none falls back to the CPU.
+// snapkv.cu, select.cu and sampling.cu. Every op runs on the device; none falls back to the CPU.
 //
 // Memory. Activations, the page pool and the engine's norm weights are cudaMalloc'd buffers (alloc), one cudaMalloc
 // per buffer, never managed memory. Weight matrices arrive as host memory (the model's memory maps): each is copied
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cuda_backend.h"
+#include "compress.h"
 #include "kernels.cuh"
 #include "sampling.h"
 
@@ -277,36 +278,42 @@ class CudaBackend final : public Backend {
   void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos, int32_t m,
                      int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
                      int32_t kernel, float* S) override {
-    // The argument checks of compress.cc's snapkv_scores, so both backends reject the same calls.
-    if (w < 1) bad_argument("snapkv_scores: window w must be >= 1, got " + std::to_string(w));
-    if (H < 1 || Hk < 1 || H % Hk != 0)
-      bad_argument("snapkv_scores: query heads H = " + std::to_string(H) +
-                   " must be a positive multiple of KV heads Hk = " + std::to_string(Hk));
-    if (d < 1 || d > 256) bad_argument("snapkv_scores: the CUDA kernel supports head dim 1..256, got " + std::to_string(d));
-    if (m < 0 || m_prefix < 0 || m_prefix > m)
-      bad_argument("snapkv_scores: need 0 <= m_prefix <= m, got m_prefix = " + std::to_string(m_prefix) +
-                   ", m = " + std::to_string(m));
-    if (kernel < 1 || kernel % 2 == 0)
-      bad_argument("snapkv_scores: pool kernel must be odd and >= 1, got " + std::to_string(kernel));
-    if (pooling != Pooling::Max && pooling != Pooling::Avg) bad_argument("snapkv_scores: unknown pooling");
-    if (reduce != GqaReduce::Mean && reduce != GqaReduce::Max) bad_argument("snapkv_scores: unknown GQA reduce");
-    for (int32_t j = 1; j < m; j++)
-      if (kpos[j] < kpos[j - 1])
-        bad_argument("snapkv_scores: key positions must be ascending (kpos[" + std::to_string(j) + "])");
-    if (m_prefix == 0) return;
-    std::vector<int32_t> visible((size_t)w);  // key j visible to query i iff j < visible[i] (kpos ascending)
-    for (int32_t i = 0; i < w; i++) visible[i] = (int32_t)(std::upper_bound(kpos, kpos + m, qpos[i]) - kpos);
-    on_device();
-    stage_.clear();
-    const size_t o_v = stage_.add(visible.data(), visible.size() * sizeof(int32_t));
-    char* base = stage_.upload(st_);
-    const size_t nL = (size_t)H * w * m, nst = (size_t)H * w * 2, nR = (size_t)Hk * m_prefix;
-    float* ws = static_cast<float*>(snap_ws_.ensure((nL + nst + 2 * nR) * sizeof(float), st_));
-    float *L = ws, *stats = L + nL, *R = stats + nst, *Sd = R + nR;
-    cuda::launch_snapkv(st_, Sd, q, k, reinterpret_cast<const int32_t*>(base + o_v), w, m, m_prefix, H, Hk, d,
-                        pooling, reduce, kernel, 1.0f / std::sqrt((float)d), L, stats, R);
-    CUDA_CHECK(cudaMemcpyAsync(S, Sd, nR * sizeof(float), cudaMemcpyDeviceToHost, st_.s));
+    const float* Sd = scores_dev(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);
+    if (!Sd) return;
+    CUDA_CHECK(cudaMemcpyAsync(S, Sd, (size_t)Hk * m_prefix * sizeof(float), cudaMemcpyDeviceToHost, st_.s));
     CUDA_CHECK(cudaStreamSynchronize(st_.s));
+  }
+
+  // Scores, then the allocation on the device (select.cu); one copy brings back [NaN count, count per head, kept
+  // positions of every head].
+  void snapkv_select(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos, int32_t m,
+                     int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
+                     int32_t kernel, int32_t Bp, float alpha, bool ada, std::vector<std::vector<int32_t>>& kept) override {
+    // compress.cc allocate's checks, so both backends reject the same calls
+    if (Hk < 1) bad_argument("allocate: KV heads Hk must be >= 1, got " + std::to_string(Hk));
+    if (m_prefix < 0 || Bp < 0 || Bp > m_prefix)
+      bad_argument("allocate: need 0 <= Bp <= m, got Bp = " + std::to_string(Bp) + ", m = " + std::to_string(m_prefix));
+    if (!(alpha >= 0.f && alpha <= 1.f)) bad_argument("allocate: alpha must be in [0, 1], got " + std::to_string(alpha));
+    const float* Sd = scores_dev(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);
+    kept.assign((size_t)Hk, {});
+    if (!Sd || Bp == 0) return;
+    const int32_t f = ada ? safeguard_floor(alpha, Bp) : Bp;
+    const int64_t rest = (int64_t)Hk * (Bp - f);
+    const size_t n_out = 1 + (size_t)Hk + (size_t)Hk * m_prefix;  // room for any split of the kept total
+    int32_t* out = static_cast<int32_t*>(select_out_.ensure(n_out * sizeof(int32_t), st_));
+    cuda::launch_select(st_, out, Sd, Hk, m_prefix, f, rest, select_ws_);
+    std::vector<int32_t> head((size_t)1 + Hk + (size_t)Hk * Bp);
+    CUDA_CHECK(cudaMemcpyAsync(head.data(), out, head.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, st_.s));
+    CUDA_CHECK(cudaStreamSynchronize(st_.s));
+    if (head[0] > 0) bad_argument("allocate: " + std::to_string(head[0]) + " scores are NaN");
+    int64_t sum = 0;
+    for (int32_t g = 0; g < Hk; g++) sum += head[1 + g];
+    KVF_CHECK(sum == (int64_t)Hk * Bp, "device allocation total differs from Hk * Bp");
+    const int32_t* pos = head.data() + 1 + Hk;
+    for (int32_t g = 0; g < Hk; g++) {
+      kept[g].assign(pos, pos + head[1 + g]);
+      pos += head[1 + g];
+    }
   }
 
   void sample(const float* logits, int32_t R, int32_t V, const SampleRow* rows, float softcap,
@@ -355,6 +362,41 @@ class CudaBackend final : public Backend {
     DType dtype;
   };
 
+  // SnapKV scores of one layer into the workspace (device); null when there is no prefix to score.
+  const float* scores_dev(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos,
+                          int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling,
+                          GqaReduce reduce, int32_t kernel) {
+    // The argument checks of compress.cc's snapkv_scores, so both backends reject the same calls.
+    if (w < 1) bad_argument("snapkv_scores: window w must be >= 1, got " + std::to_string(w));
+    if (H < 1 || Hk < 1 || H % Hk != 0)
+      bad_argument("snapkv_scores: query heads H = " + std::to_string(H) +
+                   " must be a positive multiple of KV heads Hk = " + std::to_string(Hk));
+    if (d < 1 || d > 256) bad_argument("snapkv_scores: the CUDA kernel supports head dim 1..256, got " + std::to_string(d));
+    if (m < 0 || m_prefix < 0 || m_prefix > m)
+      bad_argument("snapkv_scores: need 0 <= m_prefix <= m, got m_prefix = " + std::to_string(m_prefix) +
+                   ", m = " + std::to_string(m));
+    if (kernel < 1 || kernel % 2 == 0)
+      bad_argument("snapkv_scores: pool kernel must be odd and >= 1, got " + std::to_string(kernel));
+    if (pooling != Pooling::Max && pooling != Pooling::Avg) bad_argument("snapkv_scores: unknown pooling");
+    if (reduce != GqaReduce::Mean && reduce != GqaReduce::Max) bad_argument("snapkv_scores: unknown GQA reduce");
+    for (int32_t j = 1; j < m; j++)
+      if (kpos[j] < kpos[j - 1])
+        bad_argument("snapkv_scores: key positions must be ascending (kpos[" + std::to_string(j) + "])");
+    if (m_prefix == 0) return nullptr;
+    std::vector<int32_t> visible((size_t)w);  // key j visible to query i iff j < visible[i] (kpos ascending)
+    for (int32_t i = 0; i < w; i++) visible[i] = (int32_t)(std::upper_bound(kpos, kpos + m, qpos[i]) - kpos);
+    on_device();
+    stage_.clear();
+    const size_t o_v = stage_.add(visible.data(), visible.size() * sizeof(int32_t));
+    char* base = stage_.upload(st_);
+    const size_t nL = (size_t)H * w * m, nst = (size_t)H * w * 2, nR = (size_t)Hk * m_prefix;
+    float* ws = static_cast<float*>(snap_ws_.ensure((nL + nst + 2 * nR) * sizeof(float), st_));
+    float *L = ws, *stats = L + nL, *R = stats + nst, *Sd = R + nR;
+    cuda::launch_snapkv(st_, Sd, q, k, reinterpret_cast<const int32_t*>(base + o_v), w, m, m_prefix, H, Hk, d,
+                        pooling, reduce, kernel, 1.0f / std::sqrt((float)d), L, stats, R);
+    return Sd;
+  }
+
   // Steps run on whichever host thread picks them up: make this backend's device current on it.
   void on_device() { CUDA_CHECK(cudaSetDevice(dev_)); }
 
@@ -390,7 +432,7 @@ class CudaBackend final : public Backend {
   cuda::Stream st_;
   std::unordered_map<const void*, DevWeight> weights_;
   Staging stage_;
-  GrowBuffer planes_, decode_ws_, readback_, snap_ws_, sample_ws_, tokens_;
+  GrowBuffer planes_, decode_ws_, readback_, snap_ws_, sample_ws_, tokens_, select_ws_, select_out_;
   std::vector<cuda::SampleRowDev> rows_dev_;
   std::vector<DecodeHead> dh_;
   std::vector<int32_t> flat_pages_, items_;

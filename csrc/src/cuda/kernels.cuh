@@ -72,6 +72,14 @@ void launch_snapkv(const Stream& st, float* S, const float* q, const float* k, c
                    int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
                    int32_t kernel, float scale, float* logits, float* stats, float* R);
 
+// ---- select.cu ----
+// The Ada-KV allocation of one layer (compress.cc allocate, same keys and tie-breaking) from S [Hk, m] on the
+// device: every head's top f, then the best `rest` remaining scores over all heads. out (device): [0] NaN scores
+// seen, [1 + h] head h's kept count, then every head's kept positions ascending, head after head.
+// out needs 1 + Hk + Hk * m ints; ws: sort keys, flags and CUB's workspace.
+void launch_select(const Stream& st, int32_t* out, const float* S, int32_t Hk, int32_t m, int32_t f, int64_t rest,
+                   GrowBuffer& ws);
+
 // ---- sampling.cu ----
 // One row of a sample call on the device: ops.h's SampleRow with the host-side pieces precomputed.
 struct SampleRowDev {
