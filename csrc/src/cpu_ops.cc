@@ -34,6 +34,7 @@ const char* op_name(Op op) {
     case Op::AttnDecode: return "attn_decode";
     case Op::KvWrite: return "kv_write";
     case Op::KvCopy: return "kv_copy";
+    case Op::KvGather: return "kv_gather";
     case Op::SnapkvScores: return "snapkv_scores";
     case Op::SnapkvSelect: return "snapkv_select";
     case Op::Sample: return "sample";
@@ -677,15 +678,28 @@ class CpuBackend final : public Backend {
       const size_t kb = (size_t)page[i] * kv.page_elems() + (size_t)slot[i] * d;
       const size_t vb = kb + (size_t)kv.P * d;
       kv_load_row(kv.base, kv.dtype, kb, k_out + (size_t)i * d, d);
-      kv_load_row(kv.base, kv.dtype, vb, v_out + (size_t)i * d, d);
+      if (v_out) kv_load_row(kv.base, kv.dtype, vb, v_out + (size_t)i * d, d);
     }
+  }
+  // host memory is this backend's memory
+  void kv_gather(const KVStoreDesc& kv, const int32_t* page, const int32_t* slot, int32_t count, float* k_out,
+                 float* v_out) override {
+    kv_read(kv, page, slot, count, k_out, v_out);
   }
 
   // ---- snapkv_scores (added with the CUDA backend): the host function of compress.h is the reference ----
-  void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos, int32_t m,
-                     int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
+  void snapkv_scores(const float* q, int64_t q_stride, const int32_t* qpos, int32_t w, const float* k,
+                     const int32_t* kpos, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
                      int32_t kernel, float* S) override {
-    kvf::snapkv_scores(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S);
+    const size_t row = (size_t)H * d;
+    if (q_stride == (int64_t)row || w <= 1) {
+      kvf::snapkv_scores(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S);
+      return;
+    }
+    if (q_stride < (int64_t)row) bad_argument("snapkv_scores: q_stride " + std::to_string(q_stride) + " < H * d");
+    std::vector<float> qd((size_t)std::max(w, 0) * row);  // the window queries made dense
+    for (int32_t i = 0; i < w; i++) std::copy(q + (size_t)i * q_stride, q + (size_t)i * q_stride + row, qd.data() + i * row);
+    kvf::snapkv_scores(qd.data(), qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S);
   }
   // ---- end snapkv_scores ----
 
@@ -693,7 +707,7 @@ class CpuBackend final : public Backend {
                      int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
                      int32_t kernel, int32_t Bp, float alpha, bool ada, std::vector<std::vector<int32_t>>& kept) override {
     std::vector<float> S((size_t)Hk * std::max(m_prefix, 0));
-    snapkv_scores(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S.data());
+    snapkv_scores(q, (int64_t)H * d, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S.data());
     allocate(S.data(), Hk, m_prefix, Bp, alpha, ada, kept);
   }
 

@@ -24,8 +24,9 @@ struct Engine::Sequence {
   int32_t positions = 0;              // positions computed into the cache
   int32_t peak_pages = 0;
   Finish finish = Finish::None;
-  // decode cap: the last w query vectors of every layer, slot = position % w: [L, w, H, d]
-  std::vector<float> qring;
+  // decode cap: the last w query vectors of every layer, slot = position % w: [L, w, H, d] (backend memory, so a
+  // step never waits to copy queries out; allocated at the first query)
+  float* qring = nullptr;
   int32_t recompressions = 0;
   bool capped() const { return budget.decode_max_tokens_per_head > 0 && budget.method != Method::Full; }
 };
@@ -111,8 +112,7 @@ Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& opts)
 }
 
 Engine::~Engine() {
-  for (auto& kv : seqs_)
-    if (kv.second->hidden) backend_->free(kv.second->hidden);
+  for (auto& kv : seqs_) free_buffers(*kv.second);
   for (auto* vec : {&attn_norm_, &mlp_norm_, &bq_, &bk_, &bv_})
     for (float* p : *vec)
       if (p) backend_->free(p);
@@ -169,8 +169,15 @@ void Engine::release(int64_t id) {
   Sequence& s = get(id);
   s.cache.release(pool_);
   for (int32_t p : s.append_pages) pool_.free(p);
-  if (s.hidden) backend_->free(s.hidden);
+  free_buffers(s);
   seqs_.erase(id);
+}
+
+void Engine::free_buffers(Sequence& s) {
+  if (s.hidden) backend_->free(s.hidden);
+  if (s.qring) backend_->free(s.qring);
+  s.hidden = nullptr;
+  s.qring = nullptr;
 }
 
 void Engine::note_pages(Sequence& s) { s.peak_pages = std::max(s.peak_pages, s.cache.pages_held()); }
@@ -179,10 +186,7 @@ void Engine::fail_sequence(Sequence& s, StepSeqResult& r) {
   s.cache.release(pool_);
   for (int32_t p : s.append_pages) pool_.free(p);
   s.append_pages.clear();
-  if (s.hidden) {
-    backend_->free(s.hidden);
-    s.hidden = nullptr;
-  }
+  free_buffers(s);
   s.finish = Finish::Failed;
   r.out_of_pages = true;
   r.finish = Finish::Failed;
@@ -195,12 +199,9 @@ void Engine::prefill_attention_and_cache(int32_t l, Sequence& s, float* q, float
   const auto& c = model_->cfg;
   backend_->attn_prefill(attn, q, k, v, n, c.H, c.Hk, c.d);
   if (s.finish == Finish::Failed) return;
-  if (s.capped()) {  // the window's queries start the decode-cap ring (one download for the window)
+  if (s.capped()) {  // the window's queries start the decode-cap ring
     const int32_t i0 = std::max(0, n - s.budget.window);
-    const size_t row = (size_t)c.H * c.d;
-    std::vector<float> qh((size_t)(n - i0) * row);
-    backend_->download(qh.data(), q + (size_t)i0 * row, qh.size() * sizeof(float));
-    for (int32_t i = i0; i < n; i++) push_query(s, l, i, qh.data() + (size_t)(i - i0) * row);
+    push_queries(s, l, i0, n - i0, q + (size_t)i0 * c.H * c.d);
   }
   std::vector<std::vector<int32_t>> kept((size_t)c.Hk);
   if (s.layer_budget.empty()) {
@@ -279,13 +280,8 @@ void Engine::run_layer(int32_t l, Work& w) {
     backend_->rope(q, w.pos.data() + r0, T, c.H, rope_);
     backend_->rope(k, w.pos.data() + r0, T, c.Hk, rope_);
   }
-  // decode-cap rings: one download of the decode rows' queries when any row is capped
-  if (std::any_of(w.dec.begin(), w.dec.end(), [](const Sequence* s) { return s->capped(); })) {
-    std::vector<float> qh(w.dec.size() * (size_t)Hd);
-    backend_->download(qh.data(), w.q, qh.size() * sizeof(float));
-    for (size_t b = 0; b < w.dec.size(); b++)
-      if (w.dec[b]->capped()) push_query(*w.dec[b], l, w.pos[b], qh.data() + b * (size_t)Hd);
-  }
+  for (size_t b = 0; b < w.dec.size(); b++)  // decode-cap rings
+    if (w.dec[b]->capped()) push_queries(*w.dec[b], l, w.pos[b], 1, w.q + b * (size_t)Hd);
 
   // decode rows: append this token's K/V to each head's pages, then attend over each head's own length
   const int32_t Bd = (int32_t)w.dec.size();
@@ -531,12 +527,21 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits, boo
   return res;
 }
 
-void Engine::push_query(Sequence& s, int32_t l, int32_t position, const float* q_row) {  // q_row: host memory
+// Copies the query rows of positions [p0, p0 + count) (backend memory, [count, H, d]) into the layer's ring slots
+// p % w: at most two copies (the ring wraps once), no synchronisation.
+void Engine::push_queries(Sequence& s, int32_t l, int32_t p0, int32_t count, const float* q_rows) {
   const auto& c = model_->cfg;
   const int32_t w = s.budget.window;
   const size_t row = (size_t)c.H * c.d;
-  if (s.qring.empty()) s.qring.assign((size_t)c.L * w * row, 0.f);
-  std::copy(q_row, q_row + row, s.qring.data() + ((size_t)l * w + position % w) * row);
+  if (count <= 0) return;
+  KVF_CHECK(count <= w, "more queries than the decode-cap ring holds");
+  if (!s.qring) s.qring = static_cast<float*>(backend_->alloc((size_t)c.L * w * row * sizeof(float)));
+  float* ring = s.qring + (size_t)l * w * row;
+  for (int32_t i = 0; i < count;) {
+    const int32_t slot = (p0 + i) % w, run = std::min(count - i, w - slot);
+    backend_->copy(ring + (size_t)slot * row, q_rows + (size_t)i * row, (size_t)run * row * sizeof(float));
+    i += run;
+  }
 }
 
 // Evicts layers whose mean per-head length passed D + P down to a mean of D (the newest w tokens of every head
@@ -548,11 +553,23 @@ void Engine::apply_decode_cap(Sequence& s) {
     int64_t sum = 0;
     for (int32_t g = 0; g < c.Hk; g++) sum += s.cache.at(l, g).len();
     if (sum <= (int64_t)(D + P) * c.Hk) continue;
-    // queries of the last wq positions, in position order: [wq, H, d]
+    // queries of the last wq positions, in position order: [wq, H, d] (at most two copies out of the ring)
     const int32_t wq = std::min(w, s.positions);
     const size_t row = (size_t)c.H * c.d;
-    std::vector<int32_t> qpos(wq);
     const int32_t G = c.H / c.Hk;
+    KVF_CHECK(s.qring != nullptr, "decode cap without a query ring");
+    Buffers buf(*backend_);
+    float* qwin = buf.f32((size_t)wq * row);
+    std::vector<int32_t> qpos(wq);
+    for (int32_t i = 0; i < wq; i++) qpos[i] = s.positions - wq + i;
+    for (int32_t i = 0; i < wq;) {
+      const int32_t slot = qpos[i] % w, run = std::min(wq - i, w - slot);
+      backend_->copy(qwin + (size_t)i * row, s.qring + ((size_t)l * w + slot) * row, (size_t)run * row * sizeof(float));
+      i += run;
+    }
+    int32_t max_len = 0;
+    for (int32_t g = 0; g < c.Hk; g++) max_len = std::max(max_len, s.cache.at(l, g).len());
+    float* keys = buf.f32((size_t)max_len * c.d);  // one head's cached keys, gathered where the pages are
     std::vector<std::vector<float>> S(c.Hk);
     std::vector<int32_t> protect(c.Hk);
     for (int32_t g = 0; g < c.Hk; g++) {
@@ -560,24 +577,17 @@ void Engine::apply_decode_cap(Sequence& s) {
       const int32_t len = hc.len();
       protect[g] = std::min(w, len);
       const int32_t mp = len - protect[g];
-      std::vector<float> qg((size_t)wq * G * c.d);
-      for (int32_t i = 0; i < wq; i++) {
-        const int32_t p = s.positions - wq + i;
-        qpos[i] = p;
-        const float* src = s.qring.data() + ((size_t)l * w + p % w) * row + (size_t)g * G * c.d;
-        std::copy(src, src + (size_t)G * c.d, qg.data() + (size_t)i * G * c.d);
-      }
+      S[g].resize(mp);
+      if (mp == 0) continue;
       std::vector<int32_t> page(len), slot(len);
       for (int32_t i = 0; i < len; i++) {
         page[i] = hc.pages[i / P];
         slot[i] = i % P;
       }
-      std::vector<float> kh((size_t)len * c.d), vh((size_t)len * c.d);
-      backend_->kv_read(kv_, page.data(), slot.data(), len, kh.data(), vh.data());
-      S[g].resize(mp);
-      if (mp > 0)
-        snapkv_scores(qg.data(), qpos.data(), wq, kh.data(), hc.pos.data(), len, mp, G, 1, c.d, s.budget.pooling,
-                      s.budget.gqa_reduce, s.budget.pool_kernel, S[g].data());
+      backend_->kv_gather(kv_, page.data(), slot.data(), len, keys, nullptr);
+      // KV head g's G query heads are columns [g * G * d, (g + 1) * G * d) of each window row
+      backend_->snapkv_scores(qwin + (size_t)g * G * c.d, (int64_t)row, qpos.data(), wq, keys, hc.pos.data(), len, mp,
+                              G, 1, c.d, s.budget.pooling, s.budget.gqa_reduce, s.budget.pool_kernel, S[g].data());
     }
     std::vector<std::vector<int32_t>> kept;
     allocate_ragged(S, std::max(0, D - w), s.budget.floor_alpha, method_is_ada(s.budget.method), kept);

@@ -117,7 +117,8 @@ class Engine {
   void finish_token(Sequence& s, StepSeqResult& r, int32_t sampled, const float* logits_host);
   void fail_sequence(Sequence& s, StepSeqResult& r);
   void note_pages(Sequence& s);
-  void push_query(Sequence& s, int32_t l, int32_t position, const float* q_row_host);  // into the decode-cap ring
+  void push_queries(Sequence& s, int32_t l, int32_t p0, int32_t count, const float* q_rows);  // decode-cap ring
+  void free_buffers(Sequence& s);  // the backend buffers a sequence holds (split-prefill hidden, query ring)
   void apply_decode_cap(Sequence& s);
 
   std::shared_ptr<Model> model_;

@@ -33,7 +33,7 @@ struct KVStoreDesc {
 };
 
 enum class Op : int32_t {
-  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, SnapkvScores, SnapkvSelect, Sample, Count
+  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, KvGather, SnapkvScores, SnapkvSelect, Sample, Count
 };
 const char* op_name(Op op);
 
@@ -94,13 +94,18 @@ class Backend {
   // Moves count tokens between page slots (compaction): (src_page, src_slot) -> (dst_page, dst_slot).
   virtual void kv_copy(const KVStoreDesc& kv, const int32_t* src_page_host, const int32_t* src_slot_host,
                        const int32_t* dst_page_host, const int32_t* dst_slot_host, int32_t count) = 0;
-  // Reads count tokens' K and V back as fp32 (tests, decode-cap scoring): k_out/v_out [count, d] host memory.
+  // Gathers count tokens' K (and V unless v_out is null) as fp32 rows into backend memory: k_out/v_out [count, d].
+  // The decode cap scores a head's cached keys where they are.
+  virtual void kv_gather(const KVStoreDesc& kv, const int32_t* page_host, const int32_t* slot_host, int32_t count,
+                         float* k_out, float* v_out) = 0;
+  // Reads count tokens' K and V back as fp32 (tests, inspection): k_out/v_out [count, d] host memory.
   virtual void kv_read(const KVStoreDesc& kv, const int32_t* page_host, const int32_t* slot_host, int32_t count,
                        float* k_out_host, float* v_out_host) = 0;
   // SnapKV scores of one layer (compress.h's snapkv_scores, same semantics and argument checks): q [w, H, d] and
-  // k [m, Hk, d] in backend memory (the layer scratch), positions and S [Hk, m_prefix] in host memory. Only the
-  // scoring runs on the backend; the allocation (compress.h's allocate) stays on the host with the page tables.
-  virtual void snapkv_scores(const float* q, const int32_t* qpos_host, int32_t w, const float* k,
+  // k [m, Hk, d] in backend memory, positions and S [Hk, m_prefix] in host memory. q_stride: floats from one window
+  // query to the next (H * d for a dense [w, H, d]; larger when q is H of a wider row's heads, as the decode cap's
+  // per-KV-head scoring reads G of a row's H heads). The decode cap uses it; prefill uses snapkv_select.
+  virtual void snapkv_scores(const float* q, int64_t q_stride, const int32_t* qpos_host, int32_t w, const float* k,
                              const int32_t* kpos_host, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
                              Pooling pooling, GqaReduce reduce, int32_t kernel, float* S_host) = 0;
   // SnapKV scores and the allocation of one layer in one op: snapkv_scores (same arguments), then compress.h's

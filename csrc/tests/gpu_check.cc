@@ -466,6 +466,12 @@ void check_kv_ops(Backend& cpu, Backend& gpu, Rng& r) {
       gpu.kv_read(st.gpu, pg.data(), sl.data(), 500, kg.data(), vg.data());
       record("kv_read", std::string(dn) + " 500 tokens (K)", nmse(kg.data(), kc.data(), kc.size()), 0.0);
       record("kv_read", std::string(dn) + " 500 tokens (V)", nmse(vg.data(), vc.data(), vc.size()), 0.0);
+      // kv_gather: the same rows into device memory, keys only
+      Dev gd(gpu);
+      float* kd = gd.poisoned(kc.size());
+      gpu.kv_gather(st.gpu, pg.data(), sl.data(), 500, kd, nullptr);
+      auto kgd = gd.down(kd, kc.size());
+      record("kv_gather", std::string(dn) + " 500 tokens (K only)", nmse(kgd.data(), kc.data(), kc.size()), 0.0);
     }
   }
 }
@@ -493,15 +499,28 @@ void check_snapkv(Backend& cpu, Backend& gpu, Rng& r) {
     for (int i = 0; i < c.w; i++) qpos[i] = kpos[m - c.w + i];
     auto q = randn(r, (size_t)c.w * c.H * c.d, 1.5f), k = randn(r, (size_t)m * c.Hk * c.d);
     std::vector<float> Sc((size_t)c.Hk * mp), Sg((size_t)c.Hk * mp, NAN);
-    cpu.snapkv_scores(q.data(), qpos.data(), c.w, k.data(), kpos.data(), m, mp, c.H, c.Hk, c.d, c.pool, c.red, c.kernel,
-                      Sc.data());
+    cpu.snapkv_scores(q.data(), (int64_t)c.H * c.d, qpos.data(), c.w, k.data(), kpos.data(), m, mp, c.H, c.Hk, c.d,
+                      c.pool, c.red, c.kernel, Sc.data());
     Dev g(gpu);
-    gpu.snapkv_scores(g.up(q), qpos.data(), c.w, g.up(k), kpos.data(), m, mp, c.H, c.Hk, c.d, c.pool, c.red, c.kernel,
-                      Sg.data());
+    gpu.snapkv_scores(g.up(q), (int64_t)c.H * c.d, qpos.data(), c.w, g.up(k), kpos.data(), m, mp, c.H, c.Hk, c.d,
+                      c.pool, c.red, c.kernel, Sg.data());
     const std::string shape = shape_str({{"n", c.n}, {"w", c.w}, {"H", c.H}, {"Hk", c.Hk}, {"d", c.d}, {"k", c.kernel}}) +
                               (c.pool == Pooling::Max ? " max" : " avg") + (c.red == GqaReduce::Mean ? "/mean" : "/max") +
                               (c.gaps ? " gaps" : "");
     record("snapkv_scores", shape, nmse(Sg.data(), Sc.data(), Sc.size()), 1e-9);
+    {  // the decode cap's per-KV-head call: the last KV head's G query heads read with the row stride H * d
+      const int G = c.H / c.Hk, gl = c.Hk - 1;
+      std::vector<float> kh((size_t)m * c.d);
+      for (int j = 0; j < m; j++)
+        std::copy(k.begin() + ((size_t)j * c.Hk + gl) * c.d, k.begin() + ((size_t)j * c.Hk + gl + 1) * c.d,
+                  kh.begin() + (size_t)j * c.d);
+      std::vector<float> Hc((size_t)mp), Hg((size_t)mp, NAN);
+      cpu.snapkv_scores(q.data() + (size_t)gl * G * c.d, (int64_t)c.H * c.d, qpos.data(), c.w, kh.data(), kpos.data(),
+                        m, mp, G, 1, c.d, c.pool, c.red, c.kernel, Hc.data());
+      gpu.snapkv_scores(g.up(q) + (size_t)gl * G * c.d, (int64_t)c.H * c.d, qpos.data(), c.w, g.up(kh), kpos.data(), m,
+                        mp, G, 1, c.d, c.pool, c.red, c.kernel, Hg.data());
+      record("snapkv_scores strided", shape + " head " + std::to_string(gl), nmse(Hg.data(), Hc.data(), Hc.size()), 1e-9);
+    }
     // the allocation both paths feed: identical kept positions
     const int Bp = std::min(mp, 100);
     std::vector<std::vector<int32_t>> kc, kg;

@@ -108,3 +108,44 @@ TEST_CASE("the CPU sample op is sample_token per row: inactive rows give -1, the
     if (orig[i] > orig[best]) best = i;
   EXPECT_EQ(tok[0], best);
 }
+
+TEST_CASE("snapkv_scores with a row stride equals the dense call on the same heads; kv_gather without V") {
+  const int w = 5, m = 40, mp = 35, H = 6, Hk = 2, d = 8, G = H / Hk;
+  kvf::SeededRng r{5};
+  std::vector<float> q((size_t)w * H * d), k((size_t)m * d);
+  for (auto& x : q) x = (float)r.normal();
+  for (auto& x : k) x = (float)r.normal();
+  std::vector<int32_t> kpos(m), qpos(w);
+  for (int j = 0; j < m; j++) kpos[j] = 2 * j;
+  for (int i = 0; i < w; i++) qpos[i] = kpos[m - w + i];
+  auto be = kvf::make_cpu_backend(1);
+  for (int g = 0; g < Hk; g++) {
+    std::vector<float> dense((size_t)w * G * d);
+    for (int i = 0; i < w; i++)
+      std::copy(q.begin() + (size_t)i * H * d + (size_t)g * G * d, q.begin() + (size_t)i * H * d + (size_t)(g + 1) * G * d,
+                dense.begin() + (size_t)i * G * d);
+    std::vector<float> a((size_t)mp), b((size_t)mp);
+    be->snapkv_scores(q.data() + (size_t)g * G * d, (int64_t)H * d, qpos.data(), w, k.data(), kpos.data(), m, mp, G, 1,
+                      d, kvf::Pooling::Max, kvf::GqaReduce::Mean, 7, a.data());
+    kvf::snapkv_scores(dense.data(), qpos.data(), w, k.data(), kpos.data(), m, mp, G, 1, d, kvf::Pooling::Max,
+                       kvf::GqaReduce::Mean, 7, b.data());
+    EXPECT(a == b);
+  }
+  EXPECT_THROWS(be->snapkv_scores(q.data(), 3, qpos.data(), w, k.data(), kpos.data(), m, mp, G, 1, d,
+                                  kvf::Pooling::Max, kvf::GqaReduce::Mean, 7, std::vector<float>(mp).data()));
+  // kv_gather with v_out null reads the keys and leaves V alone
+  kvf::KVStoreDesc kv;
+  kv.dtype = kvf::DType::F32;
+  kv.P = 4;
+  kv.d = d;
+  kv.num_pages = 3;
+  std::vector<float> store(kv.page_elems() * 3);
+  for (auto& x : store) x = (float)r.normal();
+  kv.base = store.data();
+  const std::vector<int32_t> page = {2, 0, 1}, slot = {3, 0, 2};
+  std::vector<float> kg(3 * d, NAN), kr(3 * d), vr(3 * d);
+  be->kv_gather(kv, page.data(), slot.data(), 3, kg.data(), nullptr);
+  be->kv_read(kv, page.data(), slot.data(), 3, kr.data(), vr.data());
+  EXPECT(kg == kr);
+  EXPECT(kg[0] == store[2 * kv.page_elems() + 3 * d]);
+}

@@ -257,6 +257,19 @@ class CudaBackend final : public Backend {
                          reinterpret_cast<const int32_t*>(base + o_ds), count, sequential);
   }
 
+  void kv_gather(const KVStoreDesc& kv, const int32_t* page, const int32_t* slot, int32_t count, float* k_out,
+                 float* v_out) override {
+    if (count <= 0) return;
+    check_slots(kv, page, slot, count, "kv_gather");
+    on_device();
+    stage_.clear();
+    const size_t o_p = stage_.add(page, (size_t)count * sizeof(int32_t));
+    const size_t o_s = stage_.add(slot, (size_t)count * sizeof(int32_t));
+    char* base = stage_.upload(st_);
+    cuda::launch_kv_read(st_, kv, reinterpret_cast<const int32_t*>(base + o_p),
+                         reinterpret_cast<const int32_t*>(base + o_s), count, k_out, v_out);
+  }
+
   void kv_read(const KVStoreDesc& kv, const int32_t* page, const int32_t* slot, int32_t count, float* k_out,
                float* v_out) override {
     if (count <= 0) return;
@@ -271,14 +284,16 @@ class CudaBackend final : public Backend {
     cuda::launch_kv_read(st_, kv, reinterpret_cast<const int32_t*>(base + o_p),
                          reinterpret_cast<const int32_t*>(base + o_s), count, rb, rb + n);
     CUDA_CHECK(cudaMemcpyAsync(k_out, rb, n * sizeof(float), cudaMemcpyDeviceToHost, st_.s));
-    CUDA_CHECK(cudaMemcpyAsync(v_out, rb + n, n * sizeof(float), cudaMemcpyDeviceToHost, st_.s));
+    if (v_out) CUDA_CHECK(cudaMemcpyAsync(v_out, rb + n, n * sizeof(float), cudaMemcpyDeviceToHost, st_.s));
     CUDA_CHECK(cudaStreamSynchronize(st_.s));
   }
 
-  void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos, int32_t m,
-                     int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
-                     int32_t kernel, float* S) override {
-    const float* Sd = scores_dev(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);
+  void snapkv_scores(const float* q, int64_t q_stride, const int32_t* qpos, int32_t w, const float* k,
+                     const int32_t* kpos, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
+                     Pooling pooling, GqaReduce reduce, int32_t kernel, float* S) override {
+    if (q_stride < (int64_t)H * d)
+      bad_argument("snapkv_scores: q_stride " + std::to_string(q_stride) + " < H * d = " + std::to_string(H * d));
+    const float* Sd = scores_dev(q, q_stride, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);
     if (!Sd) return;
     CUDA_CHECK(cudaMemcpyAsync(S, Sd, (size_t)Hk * m_prefix * sizeof(float), cudaMemcpyDeviceToHost, st_.s));
     CUDA_CHECK(cudaStreamSynchronize(st_.s));
@@ -294,7 +309,7 @@ class CudaBackend final : public Backend {
     if (m_prefix < 0 || Bp < 0 || Bp > m_prefix)
       bad_argument("allocate: need 0 <= Bp <= m, got Bp = " + std::to_string(Bp) + ", m = " + std::to_string(m_prefix));
     if (!(alpha >= 0.f && alpha <= 1.f)) bad_argument("allocate: alpha must be in [0, 1], got " + std::to_string(alpha));
-    const float* Sd = scores_dev(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);
+    const float* Sd = scores_dev(q, (int64_t)H * d, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);
     kept.assign((size_t)Hk, {});
     if (!Sd || Bp == 0) return;
     const int32_t f = ada ? safeguard_floor(alpha, Bp) : Bp;
@@ -363,7 +378,8 @@ class CudaBackend final : public Backend {
   };
 
   // SnapKV scores of one layer into the workspace (device); null when there is no prefix to score.
-  const float* scores_dev(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos,
+  const float* scores_dev(const float* q, int64_t q_stride, const int32_t* qpos, int32_t w, const float* k,
+                          const int32_t* kpos,
                           int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling,
                           GqaReduce reduce, int32_t kernel) {
     // The argument checks of compress.cc's snapkv_scores, so both backends reject the same calls.
@@ -392,7 +408,7 @@ class CudaBackend final : public Backend {
     const size_t nL = (size_t)H * w * m, nst = (size_t)H * w * 2, nR = (size_t)Hk * m_prefix;
     float* ws = static_cast<float*>(snap_ws_.ensure((nL + nst + 2 * nR) * sizeof(float), st_));
     float *L = ws, *stats = L + nL, *R = stats + nst, *Sd = R + nR;
-    cuda::launch_snapkv(st_, Sd, q, k, reinterpret_cast<const int32_t*>(base + o_v), w, m, m_prefix, H, Hk, d,
+    cuda::launch_snapkv(st_, Sd, q, q_stride, k, reinterpret_cast<const int32_t*>(base + o_v), w, m, m_prefix, H, Hk, d,
                         pooling, reduce, kernel, 1.0f / std::sqrt((float)d), L, stats, R);
     return Sd;
   }

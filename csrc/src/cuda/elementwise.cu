@@ -149,7 +149,7 @@ __global__ void kv_read_kernel(const void* base, int dt, int P, int d, int64_t p
   const size_t vb = kb + (size_t)P * d;
   for (int e = threadIdx.x; e < d; e += blockDim.x) {
     k_out[(size_t)i * d + e] = load_kv(base, dt, kb + e);
-    v_out[(size_t)i * d + e] = load_kv(base, dt, vb + e);
+    if (v_out) v_out[(size_t)i * d + e] = load_kv(base, dt, vb + e);
   }
 }
 

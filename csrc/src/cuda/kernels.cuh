@@ -30,6 +30,7 @@ void launch_kv_write(const Stream& st, const KVStoreDesc& kv, const float* k, co
 // later move writes); false: the moves touch disjoint slots and run in parallel (same result).
 void launch_kv_copy(const Stream& st, const KVStoreDesc& kv, const int32_t* src_page, const int32_t* src_slot,
                     const int32_t* dst_page, const int32_t* dst_slot, int32_t count, bool sequential);
+// v_out may be null (keys only).
 void launch_kv_read(const Stream& st, const KVStoreDesc& kv, const int32_t* page, const int32_t* slot, int32_t count,
                     float* k_out, float* v_out);
 
@@ -68,9 +69,10 @@ void launch_attn_decode(const Stream& st, float* out, const float* q, int32_t B,
 // ---- snapkv.cu ----
 // S[Hk, m_prefix] as compress.h's snapkv_scores. visible[w]: keys [0, visible[i]) are visible to window query i.
 // Workspace: logits [H, w, m], stats [H, w, 2], R [Hk, m_prefix].
-void launch_snapkv(const Stream& st, float* S, const float* q, const float* k, const int32_t* visible, int32_t w,
-                   int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
-                   int32_t kernel, float scale, float* logits, float* stats, float* R);
+// q_stride: floats from one window query's row to the next (H * d when q is [w, H, d]).
+void launch_snapkv(const Stream& st, float* S, const float* q, int64_t q_stride, const float* k, const int32_t* visible,
+                   int32_t w, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling,
+                   GqaReduce reduce, int32_t kernel, float scale, float* logits, float* stats, float* R);
 
 // ---- select.cu ----
 // The Ada-KV allocation of one layer (compress.cc allocate, same keys and tie-breaking) from S [Hk, m] on the

@@ -20,14 +20,14 @@ constexpr int kQT = 32;  // window queries per logits block
 // grid (ceil(m / 128), H, ceil(w / 32)), block 128: thread j of block (jb, h, ib) computes L[h][i][j] for the
 // block's up to 32 window queries (held in shared memory, [32][d]) against key j of KV head g = h / G.
 __global__ void __launch_bounds__(128) snap_logits_kernel(float* __restrict__ L, const float* __restrict__ q,
-                                                          const float* __restrict__ k, int w, int m, int H, int Hk,
-                                                          int d, float scale) {
+                                                          int64_t q_stride, const float* __restrict__ k, int w, int m,
+                                                          int H, int Hk, int d, float scale) {
   extern __shared__ float qs[];  // [kQT][d]
   const int h = blockIdx.y, g = h / (H / Hk), i0 = blockIdx.z * kQT;
   const int ni = min(kQT, w - i0);
   for (int idx = threadIdx.x; idx < ni * d; idx += blockDim.x) {
     const int i = idx / d, e = idx % d;
-    qs[idx] = q[((size_t)(i0 + i) * H + h) * d + e];
+    qs[idx] = q[(size_t)(i0 + i) * q_stride + (size_t)h * d + e];
   }
   __syncthreads();
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
@@ -114,14 +114,14 @@ __global__ void __launch_bounds__(256) snap_pool_kernel(float* __restrict__ S, c
 
 }  // namespace
 
-void launch_snapkv(const Stream& st, float* S, const float* q, const float* k, const int32_t* visible, int32_t w,
-                   int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
-                   int32_t kernel, float scale, float* logits, float* stats, float* R) {
+void launch_snapkv(const Stream& st, float* S, const float* q, int64_t q_stride, const float* k, const int32_t* visible,
+                   int32_t w, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling,
+                   GqaReduce reduce, int32_t kernel, float scale, float* logits, float* stats, float* R) {
   if (m_prefix <= 0) return;
   const int G = H / Hk;
   const size_t smem = (size_t)kQT * d * sizeof(float);  // d <= 256: 32 KB at most
   dim3 g1((m + 127) / 128, H, (w + kQT - 1) / kQT);
-  snap_logits_kernel<<<g1, 128, smem, st.s>>>(logits, q, k, w, m, H, Hk, d, scale);
+  snap_logits_kernel<<<g1, 128, smem, st.s>>>(logits, q, q_stride, k, w, m, H, Hk, d, scale);
   KVF_AFTER_LAUNCH(st, "snap_logits_kernel");
   snap_stats_kernel<<<dim3(w, H), 256, 0, st.s>>>(stats, logits, visible, w, m);
   KVF_AFTER_LAUNCH(st, "snap_stats_kernel");
