@@ -49,19 +49,6 @@ struct Engine::Work {
         *gate = nullptr, *up = nullptr;
 };
 
-namespace {
-struct Buffers {
-  Backend& be;
-  std::vector<void*> owned;
-  explicit Buffers(Backend& b) : be(b) {}
-  ~Buffers() { for (void* p : owned) be.free(p); }
-  float* f32(size_t n) {
-    void* p = be.alloc(std::max<size_t>(n, 1) * sizeof(float));
-    owned.push_back(p);
-    return static_cast<float*>(p);
-  }
-};
-}  // namespace
 
 Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& opts)
     : model_(std::move(model)), opts_(opts), pool_([&] {
@@ -113,6 +100,8 @@ Engine::Engine(std::shared_ptr<Model> model, const EngineOptions& opts)
 
 Engine::~Engine() {
   for (auto& kv : seqs_) free_buffers(*kv.second);
+  for (Scratch& sc : scratch_)
+    if (sc.p) backend_->free(sc.p);
   for (auto* vec : {&attn_norm_, &mlp_norm_, &bq_, &bk_, &bv_})
     for (float* p : *vec)
       if (p) backend_->free(p);
@@ -171,6 +160,22 @@ void Engine::release(int64_t id) {
   for (int32_t p : s.append_pages) pool_.free(p);
   free_buffers(s);
   seqs_.erase(id);
+}
+
+// A slot is reused when it holds the request and is at most 4x larger (or at most 64 MiB): steady decode steps
+// allocate nothing, and the scratch of one long prefill is not kept for the decode steps after it. New allocations
+// are rounded up to a power of two so a growing batch reallocates O(log) times.
+float* Engine::scratch(ScratchSlot slot, size_t floats) {
+  Scratch& sc = scratch_[slot];
+  const size_t need = std::max<size_t>(floats, 1) * sizeof(float);
+  if (sc.p && sc.bytes >= need && sc.bytes <= std::max(4 * need, (size_t)64 << 20)) return static_cast<float*>(sc.p);
+  if (sc.p) backend_->free(sc.p);
+  sc.p = nullptr;
+  size_t bytes = 256;
+  while (bytes < need) bytes *= 2;
+  sc.p = backend_->alloc(bytes);
+  sc.bytes = bytes;
+  return static_cast<float*>(sc.p);
 }
 
 void Engine::free_buffers(Sequence& s) {
@@ -426,17 +431,16 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits, boo
   res.decode_rows = (int32_t)w.dec.size();
   res.prefill_rows = w.T - res.decode_rows;
   if (w.T > 0) {
-    Buffers buf(*backend_);
     const size_t T = (size_t)w.T;
-    w.x = buf.f32(T * c.D);
-    w.xn = buf.f32(T * c.D);
-    w.q = buf.f32(T * c.H * c.d);
-    w.k = buf.f32(T * c.Hk * c.d);
-    w.v = buf.f32(T * c.Hk * c.d);
-    w.attn = buf.f32(T * c.H * c.d);
-    w.o = buf.f32(T * c.D);
-    w.gate = buf.f32(T * c.F);
-    w.up = buf.f32(T * c.F);
+    w.x = scratch(kX, T * c.D);
+    w.xn = scratch(kXn, T * c.D);
+    w.q = scratch(kQ, T * c.H * c.d);
+    w.k = scratch(kK, T * c.Hk * c.d);
+    w.v = scratch(kV, T * c.Hk * c.d);
+    w.attn = scratch(kAttn, T * c.H * c.d);
+    w.o = scratch(kO, T * c.D);
+    w.gate = scratch(kGate, T * c.F);
+    w.up = scratch(kUp, T * c.F);
     if (!w.dec.empty()) backend_->embed(w.x, w.dec_tok.data(), (int32_t)w.dec.size(), model_->embed);
     for (auto& blk : w.pre) {
       float* xb = w.x + (size_t)blk.row0 * c.D;
@@ -494,12 +498,12 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits, boo
     }
     if (!out_rows.empty()) {
       const int32_t R = (int32_t)out_rows.size();
-      float* xr = buf.f32((size_t)R * c.D);
+      float* xr = scratch(kXr, (size_t)R * c.D);
       for (int32_t i = 0; i < R; i++)
         backend_->copy(xr + (size_t)i * c.D, w.x + (size_t)out_rows[i] * c.D, (size_t)c.D * sizeof(float));
-      float* xrn = buf.f32((size_t)R * c.D);
+      float* xrn = scratch(kXrn, (size_t)R * c.D);
       backend_->rmsnorm(xrn, xr, final_norm_, R, c.D, c.rms_eps);
-      float* logits_dev = buf.f32((size_t)R * c.V);
+      float* logits_dev = scratch(kLogits, (size_t)R * c.V);
       backend_->matmul(logits_dev, xrn, R, model_->lm_head, nullptr);
       // tokens are picked where the logits are; only R ids come back (the logits too when asked for)
       std::vector<SampleRow> rows((size_t)R);
@@ -558,8 +562,7 @@ void Engine::apply_decode_cap(Sequence& s) {
     const size_t row = (size_t)c.H * c.d;
     const int32_t G = c.H / c.Hk;
     KVF_CHECK(s.qring != nullptr, "decode cap without a query ring");
-    Buffers buf(*backend_);
-    float* qwin = buf.f32((size_t)wq * row);
+    float* qwin = scratch(kQwin, (size_t)wq * row);
     std::vector<int32_t> qpos(wq);
     for (int32_t i = 0; i < wq; i++) qpos[i] = s.positions - wq + i;
     for (int32_t i = 0; i < wq;) {
@@ -569,7 +572,7 @@ void Engine::apply_decode_cap(Sequence& s) {
     }
     int32_t max_len = 0;
     for (int32_t g = 0; g < c.Hk; g++) max_len = std::max(max_len, s.cache.at(l, g).len());
-    float* keys = buf.f32((size_t)max_len * c.d);  // one head's cached keys, gathered where the pages are
+    float* keys = scratch(kKeys, (size_t)max_len * c.d);  // one head's cached keys, gathered where the pages are
     std::vector<std::vector<float>> S(c.Hk);
     std::vector<int32_t> protect(c.Hk);
     for (int32_t g = 0; g < c.Hk; g++) {

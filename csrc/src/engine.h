@@ -123,6 +123,15 @@ class Engine {
 
   std::shared_ptr<Model> model_;
   EngineOptions opts_;
+  // Step scratch kept between steps: one backend allocation per slot, reused while it fits and is not far larger
+  // than needed (a CUDA allocation and free per buffer per step would cost more than a small decode step).
+  enum ScratchSlot : int32_t { kX, kXn, kQ, kK, kV, kAttn, kO, kGate, kUp, kXr, kXrn, kLogits, kQwin, kKeys, kSlots };
+  struct Scratch {
+    void* p = nullptr;
+    size_t bytes = 0;
+  };
+  Scratch scratch_[kSlots];
+  float* scratch(ScratchSlot slot, size_t floats);
   std::unique_ptr<Backend> backend_;
   RopeParams rope_;
   KVStoreDesc kv_;
