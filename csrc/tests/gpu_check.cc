@@ -264,6 +264,19 @@ void check_rope(Backend& cpu, Backend& gpu, Rng& r) {
     auto got = g.down(xd, x.size());
     record("rope", shape_str({{"T", T}, {"nh", c.nh}, {"d", c.d}}) + " pos<32768", nmse(got.data(), ref.data(), ref.size()),
            1e-12);
+    // the backend keeps the last positions on the device: the same positions again (k after q), then new ones
+    // with one position changed, must each rotate by their own positions
+    for (int round = 0; round < 2; round++) {
+      if (round == 1) pos[T / 2] += 7;
+      auto y = randn(r, (size_t)T * c.nh * c.d);
+      auto yref = y;
+      cpu.rope(yref.data(), pos.data(), T, c.nh, rp);
+      float* yd = g.up(y);
+      gpu.rope(yd, pos.data(), T, c.nh, rp);
+      auto ygot = g.down(yd, y.size());
+      record("rope", shape_str({{"T", T}, {"nh", c.nh}, {"d", c.d}}) + (round == 0 ? " same pos again" : " one pos changed"),
+             nmse(ygot.data(), yref.data(), yref.size()), 1e-12);
+    }
   }
 }
 

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <unordered_map>
 #include <vector>
 
@@ -141,17 +142,25 @@ class CudaBackend final : public Backend {
     cuda::launch_matmul(st_, out, x, T, w, W.dtype, W.rows, W.cols, bias, split_, planes_, max_smem_);
   }
 
+  // Positions and inverse frequencies are the same for q and k and for every layer of a step: they are uploaded
+  // only when they differ from the last call's (an upload is ordered after the kernels that read the old ones).
   void rope(float* x, const int32_t* pos, int32_t T, int32_t nh, const RopeParams& rp) override {
     if (T <= 0) return;
     if (rp.d <= 0 || rp.d % 2 != 0 || (int32_t)rp.inv_freq.size() != rp.d / 2)
       bad_argument("rope: head dim " + std::to_string(rp.d) + " must be even with d/2 inverse frequencies");
     on_device();
-    stage_.clear();
-    const size_t o_pos = stage_.add(pos, (size_t)T * sizeof(int32_t));
-    const size_t o_f = stage_.add(rp.inv_freq.data(), rp.inv_freq.size() * sizeof(float));
-    char* base = stage_.upload(st_);
-    cuda::launch_rope(st_, x, reinterpret_cast<const int32_t*>(base + o_pos), reinterpret_cast<const float*>(base + o_f),
-                      T, nh, rp.d);
+    const size_t pb = (size_t)T * sizeof(int32_t), fb = rp.inv_freq.size() * sizeof(float);
+    const bool same = rope_host_.size() == pb + fb && std::memcmp(rope_host_.data(), pos, pb) == 0 &&
+                      std::memcmp(rope_host_.data() + pb, rp.inv_freq.data(), fb) == 0;
+    char* dev = static_cast<char*>(rope_dev_.ensure(pb + fb, st_));
+    if (!same) {
+      rope_host_.resize(pb + fb);
+      std::memcpy(rope_host_.data(), pos, pb);
+      std::memcpy(rope_host_.data() + pb, rp.inv_freq.data(), fb);
+      CUDA_CHECK(cudaMemcpyAsync(dev, rope_host_.data(), pb + fb, cudaMemcpyHostToDevice, st_.s));
+    }
+    cuda::launch_rope(st_, x, reinterpret_cast<const int32_t*>(dev), reinterpret_cast<const float*>(dev + pb), T, nh,
+                      rp.d);
   }
 
   void silu_mul(float* out, const float* gate, const float* up, int64_t n) override {
@@ -450,6 +459,8 @@ class CudaBackend final : public Backend {
   Staging stage_;
   GrowBuffer planes_, decode_ws_, readback_, snap_ws_, sample_ws_, tokens_, select_ws_, select_out_;
   std::vector<cuda::SampleRowDev> rows_dev_;
+  GrowBuffer rope_dev_;            // the last rope call's positions, then inverse frequencies
+  std::vector<char> rope_host_;    // the same bytes on the host (what rope_dev_ holds)
   std::vector<DecodeHead> dh_;
   std::vector<int32_t> flat_pages_, items_;
   cudaEvent_t ev_[2] = {nullptr, nullptr};  // around the decode kernels, when time_decode_kernels
