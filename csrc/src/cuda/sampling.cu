@@ -34,7 +34,7 @@ __device__ __forceinline__ float capped(float x, float softcap) {
 
 // Order-preserving map of a float to uint32 (larger float, larger key); -0 and +0 map to the same key.
 __device__ __forceinline__ uint32_t order_bits(float x) {
-  if (x == 0.f) x = 0.f;
+  x += 0.0f;  // -0 + 0 = +0 under round-to-nearest (as compress.cc's ordered_bits)
   const uint32_t b = __float_as_uint(x);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
@@ -206,8 +206,9 @@ void launch_sample(const Stream& st, int32_t* tokens, const float* logits, int32
     KVF_AFTER_LAUNCH(st, "sample_keys_kernel");
     segment_offsets_kernel<<<(R + 1 + 255) / 256, 256, 0, st.s>>>(off, R, V);
     KVF_AFTER_LAUNCH(st, "segment_offsets_kernel");
-    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(temp, temp_bytes, keys_in, keys_out, (int)n, R, off,
-                                                                  off + 1, 0, 64, st.s));
+    const int* offc = off;  // the same iterator types as the size query above
+    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(temp, temp_bytes, (const uint64_t*)keys_in, keys_out,
+                                                                  (int)n, R, offc, offc + 1, 0, 64, st.s));
     KVF_AFTER_LAUNCH(st, "DeviceSegmentedRadixSort::SortKeysDescending");
     sorted = keys_out;
   }

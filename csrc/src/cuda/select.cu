@@ -143,8 +143,9 @@ void launch_select(const Stream& st, int32_t* out, const float* S, int32_t Hk, i
     offsets_kernel<<<blocks_for(Hk + 1, 256), 256, 0, st.s>>>(off, Hk, m);
     KVF_AFTER_LAUNCH(st, "offsets_kernel");
     size_t tbytes = seg_bytes;
-    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeys(temp, tbytes, keys_in, keys_out, (int)total, Hk, off, off + 1, 0,
-                                                        64, st.s));
+    const int* offc = off;  // the same iterator types as the size query above
+    CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeys(temp, tbytes, (const uint64_t*)keys_in, keys_out, (int)total, Hk,
+                                                        offc, offc + 1, 0, 64, st.s));
     KVF_AFTER_LAUNCH(st, "DeviceSegmentedRadixSort::SortKeys");
     take_head_top_kernel<<<blocks_for((int64_t)Hk * f, 256), 256, 0, st.s>>>(flags, keys_out, Hk, m, f);
     KVF_AFTER_LAUNCH(st, "take_head_top_kernel");
@@ -153,7 +154,8 @@ void launch_select(const Stream& st, int32_t* out, const float* S, int32_t Hk, i
     flat_keys_kernel<<<blocks_for(total, 256), 256, 0, st.s>>>(keys_in, S, flags, total);
     KVF_AFTER_LAUNCH(st, "flat_keys_kernel");
     size_t tbytes = flat_bytes;
-    CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp, tbytes, keys_in, keys_out, (int)total, 0, 64, st.s));
+    CUDA_CHECK(cub::DeviceRadixSort::SortKeys(temp, tbytes, (const uint64_t*)keys_in, keys_out, (int)total, 0, 64,
+                                              st.s));
     KVF_AFTER_LAUNCH(st, "DeviceRadixSort::SortKeys");
     take_flat_top_kernel<<<blocks_for(rest, 256), 256, 0, st.s>>>(flags, keys_out, rest);
     KVF_AFTER_LAUNCH(st, "take_flat_top_kernel");
