@@ -32,8 +32,8 @@ double counter_uniform(uint64_t seed, uint64_t position) {
 }
 
 int32_t sample_token(float* logits, int32_t V, const SamplingSpec& spec, uint64_t position, float softcap) {
-  if (softcap > 0.f)
-    for (int32_t i = 0; i < V; i++) logits[i] = softcap * std::tanh(logits[i] / softcap);
+  if (softcap > 0.f)  // in double, rounded once: the CUDA sample op computes the same float (tanhf differs by ulps)
+    for (int32_t i = 0; i < V; i++) logits[i] = (float)((double)softcap * std::tanh((double)logits[i] / softcap));
   if (spec.temperature == 0.f) {
     int32_t best = 0;
     for (int32_t i = 1; i < V; i++)

@@ -541,6 +541,16 @@ void check_snapkv(Backend& cpu, Backend& gpu, Rng& r) {
     bool finite = std::all_of(Sg.begin(), Sg.end(), [](float x) { return std::isfinite(x); });
     if (finite) allocate(Sg.data(), c.Hk, mp, Bp, 0.2f, true, kg);
     record_bool("snapkv kept positions", shape + " B'=100 ada", finite && kc == kg, "");
+    if (&c == &cases.front()) {  // q = 0: uniform attention, equal scores on every head: the tie-break decides all
+      std::vector<float> q0(q.size(), 0.f);
+      std::vector<std::vector<int32_t>> tc, tg;
+      const int Bp0 = std::min(mp, 90);
+      cpu.snapkv_select(q0.data(), qpos.data(), c.w, k.data(), kpos.data(), m, mp, c.H, c.Hk, c.d, c.pool, c.red,
+                        c.kernel, Bp0, 0.2f, true, tc);
+      gpu.snapkv_select(g.up(q0), qpos.data(), c.w, g.up(k), kpos.data(), m, mp, c.H, c.Hk, c.d, c.pool, c.red,
+                        c.kernel, Bp0, 0.2f, true, tg);
+      record_bool("snapkv_select", shape + " q=0 (all ties) B'=90 ada", tc == tg, "lower head, then lower position");
+    }
     // the allocation on the device (snapkv_select): the same positions as the CPU op for uniform, Ada with and
     // without the safeguard, and a budget that keeps everything (max pooling makes many exact ties)
     struct Sel {
@@ -558,6 +568,12 @@ void check_snapkv(Backend& cpu, Backend& gpu, Rng& r) {
                         sel.Bp, sel.alpha, sel.ada, sg);
       record_bool("snapkv_select", shape + " B'=" + std::to_string(sel.Bp) + " " + sel.name, sc == sg,
                   "kept positions of every head");
+      // the device allocation alone: allocate() on the device's own scores must give exactly its positions (a
+      // difference above could also come from rounding in the scores; this one cannot)
+      std::vector<std::vector<int32_t>> own;
+      if (finite) allocate(Sg.data(), c.Hk, mp, sel.Bp, sel.alpha, sel.ada, own);
+      record_bool("snapkv_select vs own scores", shape + " B'=" + std::to_string(sel.Bp) + " " + sel.name,
+                  finite && own == sg, "allocate() on the CUDA scores");
     }
   }
 }
@@ -849,11 +865,18 @@ void check_sample(Backend& cpu, Backend& gpu, Rng& r) {
     bool ties;  // logits rounded to multiples of 0.5: many exact ties
   };
   const std::vector<Case> cases = {{32000, 96, 0.f, false}, {32000, 64, 30.f, false}, {1000, 48, 0.f, true},
-                                   {77, 40, 0.f, false},    {128256, 16, 0.f, false}, {5000, 48, 0.f, true}};
+                                   {77, 40, 0.f, false},    {128256, 16, 0.f, false}, {5000, 48, 0.f, true},
+                                   {3000, 48, 10.f, true},  {4096, 48, 0.f, false}};
   for (const Case& c : cases) {
+    const bool masked = &c == &cases.back();  // a third of the logits -inf (masked tokens), row 0 entirely
     auto logits = randn(r, (size_t)c.R * c.V, 3.f);
     if (c.ties)
       for (auto& x : logits) x = std::round(x * 2.f) / 2.f;
+    if (masked) {
+      for (auto& x : logits)
+        if (r.below(3) == 0) x = -INFINITY;
+      std::fill(logits.begin(), logits.begin() + c.V, -INFINITY);
+    }
     std::vector<SampleRow> rows((size_t)c.R);
     for (int i = 0; i < c.R; i++) {
       SampleRow& row = rows[i];
@@ -884,8 +907,9 @@ void check_sample(Backend& cpu, Backend& gpu, Rng& r) {
                   ", cuda " + std::to_string(tg[i]);
         diff++;
       }
-    const std::string shape =
-        shape_str({{"V", c.V}, {"R", c.R}}) + (c.softcap > 0 ? " softcap 30" : "") + (c.ties ? " ties" : "");
+    const std::string shape = shape_str({{"V", c.V}, {"R", c.R}}) +
+                              (c.softcap > 0 ? " softcap " + std::to_string((int)c.softcap) : "") +
+                              (c.ties ? " ties" : "") + (masked ? " 1/3 -inf" : "");
     record_bool("sample", shape, diff == 0,
                 diff ? std::to_string(diff) + " rows differ, first " + first : "8 row kinds, tokens identical");
     auto back = g.down(ld, logits.size());

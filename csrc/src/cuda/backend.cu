@@ -154,10 +154,12 @@ class CudaBackend final : public Backend {
                       std::memcmp(rope_host_.data() + pb, rp.inv_freq.data(), fb) == 0;
     char* dev = static_cast<char*>(rope_dev_.ensure(pb + fb, st_));
     if (!same) {
-      rope_host_.resize(pb + fb);
-      std::memcpy(rope_host_.data(), pos, pb);
-      std::memcpy(rope_host_.data() + pb, rp.inv_freq.data(), fb);
-      CUDA_CHECK(cudaMemcpyAsync(dev, rope_host_.data(), pb + fb, cudaMemcpyHostToDevice, st_.s));
+      rope_host_.clear();  // a failed copy must not leave the cache saying "same"
+      std::vector<char> bytes(pb + fb);
+      std::memcpy(bytes.data(), pos, pb);
+      std::memcpy(bytes.data() + pb, rp.inv_freq.data(), fb);
+      CUDA_CHECK(cudaMemcpyAsync(dev, bytes.data(), pb + fb, cudaMemcpyHostToDevice, st_.s));
+      rope_host_ = std::move(bytes);
     }
     cuda::launch_rope(st_, x, reinterpret_cast<const int32_t*>(dev), reinterpret_cast<const float*>(dev + pb), T, nh,
                       rp.d);
@@ -300,7 +302,7 @@ class CudaBackend final : public Backend {
   void snapkv_scores(const float* q, int64_t q_stride, const int32_t* qpos, int32_t w, const float* k,
                      const int32_t* kpos, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
                      Pooling pooling, GqaReduce reduce, int32_t kernel, float* S) override {
-    if (q_stride < (int64_t)H * d)
+    if (w > 1 && q_stride < (int64_t)H * d)
       bad_argument("snapkv_scores: q_stride " + std::to_string(q_stride) + " < H * d = " + std::to_string(H * d));
     const float* Sd = scores_dev(q, q_stride, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);
     if (!Sd) return;
@@ -345,7 +347,7 @@ class CudaBackend final : public Backend {
     if (R <= 0) return;
     if (V <= 0) bad_argument("sample: vocabulary size must be positive, got " + std::to_string(V));
     rows_dev_.resize(R);
-    bool any_filtered = false;
+    sort_rows_.clear();
     for (int32_t r = 0; r < R; r++) {
       const SampleRow& in = rows[r];
       SampleRowDev& o = rows_dev_[r];
@@ -353,19 +355,21 @@ class CudaBackend final : public Backend {
       o.top_p = in.top_p;
       o.top_k = in.top_k;
       o.active = in.active ? 1 : 0;
-      o.filtered = in.active && in.temperature != 0.f && ((in.top_k > 0 && in.top_k < V) || in.top_p < 1.f) ? 1 : 0;
+      const bool filtered = in.active && in.temperature != 0.f && ((in.top_k > 0 && in.top_k < V) || in.top_p < 1.f);
+      o.sort_slot = filtered ? (int32_t)sort_rows_.size() : -1;
+      if (filtered) sort_rows_.push_back(r);
       o.pad_ = 0;
       o.invt = in.temperature != 0.f ? 1.0 / in.temperature : 0.0;
       o.u = counter_uniform(in.seed, in.position);
-      any_filtered = any_filtered || o.filtered;
     }
     on_device();
     stage_.clear();
     const size_t o_r = stage_.add(rows_dev_.data(), rows_dev_.size() * sizeof(SampleRowDev));
+    const size_t o_s = stage_.add(sort_rows_.data(), sort_rows_.size() * sizeof(int32_t));
     char* base = stage_.upload(st_);
     int32_t* tok_dev = static_cast<int32_t*>(tokens_.ensure((size_t)R * sizeof(int32_t), st_));
-    cuda::launch_sample(st_, tok_dev, logits, R, V, reinterpret_cast<const SampleRowDev*>(base + o_r), any_filtered,
-                        softcap, sample_ws_);
+    cuda::launch_sample(st_, tok_dev, logits, R, V, reinterpret_cast<const SampleRowDev*>(base + o_r),
+                        reinterpret_cast<const int32_t*>(base + o_s), (int32_t)sort_rows_.size(), softcap, sample_ws_);
     CUDA_CHECK(cudaMemcpyAsync(tokens, tok_dev, (size_t)R * sizeof(int32_t), cudaMemcpyDeviceToHost, st_.s));
     CUDA_CHECK(cudaStreamSynchronize(st_.s));
   }
@@ -459,6 +463,7 @@ class CudaBackend final : public Backend {
   Staging stage_;
   GrowBuffer planes_, decode_ws_, readback_, snap_ws_, sample_ws_, tokens_, select_ws_, select_out_;
   std::vector<cuda::SampleRowDev> rows_dev_;
+  std::vector<int32_t> sort_rows_;
   GrowBuffer rope_dev_;            // the last rope call's positions, then inverse frequencies
   std::vector<char> rope_host_;    // the same bytes on the host (what rope_dev_ holds)
   std::vector<DecodeHead> dh_;

@@ -85,10 +85,25 @@ class GrowBuffer {
 };
 
 // Host arrays an op needs on the device (ids, positions, page lists), packed 256-byte aligned and sent with one
-// cudaMemcpyAsync. Safe to reuse per op: the copy from pageable memory returns once the host bytes are staged,
-// and the next op's copy is ordered after this op's kernels on the same stream.
+// cudaMemcpyAsync from pinned memory, so the host does not wait for the GPU (a copy from pageable memory may block
+// until the stream's earlier kernels have run, which would serialise host and GPU every op). The pinned packs form
+// a ring of kRing: a pack is rewritten only after the event recorded behind its last copy has completed (normally
+// long ago). One device buffer serves every pack: op N + 1's copy is ordered after op N's kernels on the stream.
 class Staging {
  public:
+  static constexpr int kRing = 8;
+  Staging() = default;
+  Staging(const Staging&) = delete;
+  Staging& operator=(const Staging&) = delete;
+  ~Staging() {  // destructor: no throw
+    for (Slot& sl : ring_) {
+      if (sl.ev) {
+        cudaEventSynchronize(sl.ev);
+        cudaEventDestroy(sl.ev);
+      }
+      if (sl.p) cudaFreeHost(sl.p);
+    }
+  }
   void clear() { host_.clear(); }
   // Returns the byte offset of the array inside the pack.
   size_t add(const void* src, size_t bytes) {
@@ -100,13 +115,38 @@ class Staging {
   // Uploads the pack; returns the device base (pointers = base + offset), valid until the next upload.
   char* upload(const Stream& st) {
     char* base = static_cast<char*>(dev_.ensure(host_.size() + 256, st));
-    if (!host_.empty()) CUDA_CHECK(cudaMemcpyAsync(base, host_.data(), host_.size(), cudaMemcpyHostToDevice, st.s));
+    if (host_.empty()) return base;
+    Slot& sl = ring_[next_];
+    next_ = (next_ + 1) % kRing;
+    if (sl.ev) CUDA_CHECK(cudaEventSynchronize(sl.ev));  // this pack's previous copy has been read
+    else CUDA_CHECK(cudaEventCreateWithFlags(&sl.ev, cudaEventDisableTiming));
+    if (sl.cap < host_.size()) {
+      if (sl.p) CUDA_CHECK(cudaFreeHost(sl.p));
+      sl.p = nullptr;
+      sl.cap = 0;
+      size_t want = 4096;
+      while (want < host_.size()) want *= 2;
+      void* p = nullptr;
+      CUDA_CHECK(cudaMallocHost(&p, want));
+      sl.p = static_cast<char*>(p);
+      sl.cap = want;
+    }
+    std::memcpy(sl.p, host_.data(), host_.size());
+    CUDA_CHECK(cudaMemcpyAsync(base, sl.p, host_.size(), cudaMemcpyHostToDevice, st.s));
+    CUDA_CHECK(cudaEventRecord(sl.ev, st.s));
     return base;
   }
 
  private:
+  struct Slot {
+    char* p = nullptr;  // pinned host memory
+    size_t cap = 0;
+    cudaEvent_t ev = nullptr;
+  };
   std::vector<char> host_;
   GrowBuffer dev_;
+  Slot ring_[kRing];
+  int next_ = 0;
 };
 
 }  // namespace cuda

@@ -89,15 +89,16 @@ struct SampleRowDev {
   float top_p;
   int32_t top_k;
   int32_t active;    // 0: out = -1
-  int32_t filtered;  // top-k (0 < k < V) or top-p < 1: the candidates come from the sorted keys
+  int32_t sort_slot;  // top-k (0 < k < V) or top-p < 1: this row's index among the sorted rows; else -1
   int32_t pad_;
   double invt;       // 1.0 / double(temperature), as sampling.cc computes it
   double u;          // counter_uniform(seed, position)
 };
-// tokens[R] (device) from logits[R, V] (unchanged), as sampling.cc's sample_token. any_filtered: some row needs
-// the sorted candidate order (a segmented radix sort of every row runs first). ws: sort keys and CUB's workspace.
+// tokens[R] (device) from logits[R, V] (unchanged), as sampling.cc's sample_token. sort_rows[n_sort]: the rows that
+// need the sorted candidate order (row r's sort_slot = its index here); a segmented radix sort of those rows runs
+// first. ws: sort keys and CUB's workspace.
 void launch_sample(const Stream& st, int32_t* tokens, const float* logits, int32_t R, int32_t V,
-                   const SampleRowDev* rows, bool any_filtered, float softcap, GrowBuffer& ws);
+                   const SampleRowDev* rows, const int32_t* sort_rows, int32_t n_sort, float softcap, GrowBuffer& ws);
 
 }  // namespace cuda
 }  // namespace kvf

@@ -10,8 +10,8 @@
 //     of p = exp((l - max) / t) are scanned across the block (fixed order), the draw target u * total is found in
 //     the chunk whose [exclusive, inclusive) range holds it, and that thread walks its chunk.
 //   top-k and/or top-p: candidates in descending logit order, ties by lower id, as the CPU's sort orders them: a
-//     segmented radix sort (CUB, in the CUDA toolkit) of 64-bit keys (order-preserving bits of the capped logit,
-//     then the complement of the id) over every row. top-k keeps the first k; top-p keeps the shortest prefix whose
+//     segmented radix sort (CUB, in the CUDA toolkit) of the filtered rows only, keys = order-preserving bits of the
+//     capped logit, then the id's complement in ceil(log2 V) bits. top-k keeps the first k; top-p keeps the shortest prefix whose
 //     share of the mass reaches top_p; the draw walks the kept prefix as above.
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -28,8 +28,10 @@ namespace {
 
 constexpr int kThreads = 512;
 
+// As sampling.cc: in double, rounded once to float (float tanhf differs between libdevice and glibc by ulps; the
+// double results agree to ~1 ulp of double, so the floats agree except in about 1 of 2^29 cases).
 __device__ __forceinline__ float capped(float x, float softcap) {
-  return softcap > 0.f ? softcap * tanhf(x / softcap) : x;
+  return softcap > 0.f ? (float)((double)softcap * tanh((double)x / (double)softcap)) : x;
 }
 
 // Order-preserving map of a float to uint32 (larger float, larger key); -0 and +0 map to the same key.
@@ -39,13 +41,17 @@ __device__ __forceinline__ uint32_t order_bits(float x) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// keys[r * V + i] = order_bits(capped logit) << 32 | ~i: sorted descending, the larger logit first, then the lower id.
-__global__ void sample_keys_kernel(uint64_t* __restrict__ keys, const float* __restrict__ logits, int64_t n, int V,
-                                   float softcap) {
+// Sort keys of the filtered rows: keys[f * V + i] = order_bits(capped logit of row rows[f], id i) << idbits |
+// (mask - i), mask = 2^idbits - 1 >= V - 1. Sorted descending: the larger logit first, then the lower id. Only the
+// low 32 + idbits bits are sorted.
+__global__ void sample_keys_kernel(uint64_t* __restrict__ keys, const float* __restrict__ logits,
+                                   const int32_t* __restrict__ rows, int64_t n, int V, int idbits, float softcap) {
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= n) return;
-  const uint32_t id = (uint32_t)(idx % V);
-  keys[idx] = ((uint64_t)order_bits(capped(logits[idx], softcap)) << 32) | (uint64_t)(0xFFFFFFFFu - id);
+  const int64_t f = idx / V;
+  const uint32_t id = (uint32_t)(idx % V), mask = (1u << idbits) - 1u;
+  const float x = capped(logits[(size_t)rows[f] * V + id], softcap);
+  keys[idx] = ((uint64_t)order_bits(x) << idbits) | (uint64_t)(mask - id);
 }
 
 __global__ void segment_offsets_kernel(int* __restrict__ off, int R, int V) {
@@ -59,7 +65,7 @@ struct ArgMax {
 };
 struct ArgMaxOp {
   __device__ __forceinline__ ArgMax operator()(const ArgMax& a, const ArgMax& b) const {
-    // an empty side (id -1) never wins; NaN never wins (a comparison with NaN is false); equal values: the lower id
+    // an empty side (id -1) never wins (NaN entries never enter a side); equal values: the lower id
     if (b.i < 0) return a;
     if (a.i < 0) return b;
     return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
@@ -85,8 +91,9 @@ struct Candidates {
   const float* logits;      // this row's raw logits
   const uint64_t* sorted;   // this row's sorted keys, or null (id order)
   float softcap;
+  uint32_t mask;            // 2^idbits - 1
   __device__ __forceinline__ int id(int i) const {
-    return sorted ? (int)(0xFFFFFFFFu - (uint32_t)(sorted[i] & 0xFFFFFFFFu)) : i;
+    return sorted ? (int)(mask - (uint32_t)(sorted[i] & mask)) : i;
   }
   __device__ __forceinline__ double p(int i, float mx, double invt) const {
     return exp(((double)capped(logits[id(i)], softcap) - (double)mx) * invt);
@@ -139,7 +146,7 @@ __device__ int first_crossing(SampleSmem& sm, int* s_first, const double* sm_exc
 __global__ void __launch_bounds__(kThreads) sample_rows_kernel(int32_t* __restrict__ out, const float* __restrict__ logits,
                                                                const uint64_t* __restrict__ sorted,
                                                                const SampleRowDev* __restrict__ rows, int V,
-                                                               float softcap) {
+                                                               int idbits, float softcap) {
   __shared__ SampleSmem sm;
   __shared__ double sm_excl[kThreads + 1];
   __shared__ int s_best, s_first;
@@ -151,20 +158,22 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(int32_t* __restri
     return;
   }
   // the maximum (greedy: its id), lower id on ties
+  // As the CPU's loop (best = 0; i wins when l[i] > l[best]): NaN never wins, and a NaN at id 0 stays the answer.
   ArgMax a{-INFINITY, -1};
   for (int i = tid; i < V; i += kThreads) {
     const float x = capped(lr[i], softcap);
-    if (a.i < 0 || x > a.v) a = ArgMax{x, i};
+    if (!isnan(x) && (a.i < 0 || x > a.v)) a = ArgMax{x, i};
   }
   const ArgMax best = BlockReduceA(sm.arg).Reduce(a, ArgMaxOp());
-  if (tid == 0) s_best = best.i < 0 ? 0 : best.i;
+  if (tid == 0) s_best = (best.i < 0 || isnan(capped(lr[0], softcap))) ? 0 : best.i;
   __syncthreads();
   if (row.temperature == 0.f) {
     if (tid == 0) out[r] = s_best;
     return;
   }
   const float mx = capped(lr[s_best], softcap);
-  const Candidates c{lr, row.filtered ? sorted + (size_t)r * V : nullptr, softcap};
+  const Candidates c{lr, row.sort_slot >= 0 ? sorted + (size_t)row.sort_slot * V : nullptr, softcap,
+                     (1u << idbits) - 1u};
   int count = (row.top_k > 0 && row.top_k < V) ? row.top_k : V;
   int chunk = (count + kThreads - 1) / kThreads;
   double total = scan_chunks(sm, sm_excl, c, count, chunk, mx, row.invt);
@@ -186,33 +195,38 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(int32_t* __restri
 }  // namespace
 
 void launch_sample(const Stream& st, int32_t* tokens, const float* logits, int32_t R, int32_t V,
-                   const SampleRowDev* rows, bool any_filtered, float softcap, GrowBuffer& ws) {
+                   const SampleRowDev* rows, const int32_t* sort_rows, int32_t n_sort, float softcap, GrowBuffer& ws) {
   if (R <= 0) return;
+  int idbits = 1;
+  while (idbits < 31 && ((int64_t)1 << idbits) < V) idbits++;
   const uint64_t* sorted = nullptr;
-  if (any_filtered) {
-    const int64_t n = (int64_t)R * V;
-    KVF_CHECK(n < (int64_t)1 << 31, "sample: rows x vocabulary exceeds the sort's 2^31 items");
+  if (n_sort > 0) {
+    const int64_t n = (int64_t)n_sort * V;
+    KVF_CHECK(n < (int64_t)1 << 31, "sample: filtered rows x vocabulary exceeds the sort's 2^31 items");
     size_t temp_bytes = 0;
     CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(nullptr, temp_bytes, (const uint64_t*)nullptr,
-                                                                  (uint64_t*)nullptr, (int)n, R, (const int*)nullptr,
-                                                                  (const int*)nullptr, 0, 64, st.s));
-    const size_t keys_bytes = (size_t)n * sizeof(uint64_t), off_bytes = ((size_t)(R + 1) * sizeof(int) + 255) & ~(size_t)255;
+                                                                  (uint64_t*)nullptr, (int)n, n_sort,
+                                                                  (const int*)nullptr, (const int*)nullptr, 0,
+                                                                  32 + idbits, st.s));
+    const size_t keys_bytes = (size_t)n * sizeof(uint64_t);
+    const size_t off_bytes = ((size_t)(n_sort + 1) * sizeof(int) + 255) & ~(size_t)255;
     char* base = static_cast<char*>(ws.ensure(2 * keys_bytes + off_bytes + temp_bytes, st));
     uint64_t* keys_in = reinterpret_cast<uint64_t*>(base);
     uint64_t* keys_out = reinterpret_cast<uint64_t*>(base + keys_bytes);
     int* off = reinterpret_cast<int*>(base + 2 * keys_bytes);
     void* temp = base + 2 * keys_bytes + off_bytes;
-    sample_keys_kernel<<<(unsigned)((n + 255) / 256), 256, 0, st.s>>>(keys_in, logits, n, V, softcap);
+    sample_keys_kernel<<<(unsigned)((n + 255) / 256), 256, 0, st.s>>>(keys_in, logits, sort_rows, n, V, idbits, softcap);
     KVF_AFTER_LAUNCH(st, "sample_keys_kernel");
-    segment_offsets_kernel<<<(R + 1 + 255) / 256, 256, 0, st.s>>>(off, R, V);
+    segment_offsets_kernel<<<(n_sort + 1 + 255) / 256, 256, 0, st.s>>>(off, n_sort, V);
     KVF_AFTER_LAUNCH(st, "segment_offsets_kernel");
     const int* offc = off;  // the same iterator types as the size query above
     CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(temp, temp_bytes, (const uint64_t*)keys_in, keys_out,
-                                                                  (int)n, R, offc, offc + 1, 0, 64, st.s));
+                                                                  (int)n, n_sort, offc, offc + 1, 0, 32 + idbits,
+                                                                  st.s));
     KVF_AFTER_LAUNCH(st, "DeviceSegmentedRadixSort::SortKeysDescending");
     sorted = keys_out;
   }
-  sample_rows_kernel<<<R, kThreads, 0, st.s>>>(tokens, logits, sorted, rows, V, softcap);
+  sample_rows_kernel<<<R, kThreads, 0, st.s>>>(tokens, logits, sorted, rows, V, idbits, softcap);
   KVF_AFTER_LAUNCH(st, "sample_rows_kernel");
 }
 
