@@ -499,8 +499,12 @@ StepResult Engine::step(const std::vector<StepSeq>& batch, bool want_logits, boo
     if (!out_rows.empty()) {
       const int32_t R = (int32_t)out_rows.size();
       float* xr = scratch(kXr, (size_t)R * c.D);
-      for (int32_t i = 0; i < R; i++)
-        backend_->copy(xr + (size_t)i * c.D, w.x + (size_t)out_rows[i] * c.D, (size_t)c.D * sizeof(float));
+      for (int32_t i = 0; i < R;) {  // one copy per run of consecutive rows (all decode rows are one run)
+        int32_t j = i + 1;
+        while (j < R && out_rows[j] == out_rows[j - 1] + 1) j++;
+        backend_->copy(xr + (size_t)i * c.D, w.x + (size_t)out_rows[i] * c.D, (size_t)(j - i) * c.D * sizeof(float));
+        i = j;
+      }
       float* xrn = scratch(kXrn, (size_t)R * c.D);
       backend_->rmsnorm(xrn, xr, final_norm_, R, c.D, c.rms_eps);
       float* logits_dev = scratch(kLogits, (size_t)R * c.V);
