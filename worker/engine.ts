@@ -83,6 +83,7 @@ export interface ModelInfo {
   headDim: number; intermediateSize: number; vocabSize: number; maxPositionEmbeddings: number;
   weightDtype: 'F32' | 'F16' | 'BF16'; weightBytes: number; bosTokenId: number; eosTokenIds: number[];
   backend: string;
+  ops: string[];  // the op-table entries the backend runs (ops.h names: embed, matmul, ..., snapkv_select, sample)
 }
 
 export interface NativeEngine {

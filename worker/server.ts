@@ -135,6 +135,8 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
     throw err;
   }
   const info = engine.info;
+  log.info({ backend: info.backend, ops: info.ops, architecture: info.architecture, layers: info.numLayers,
+    weightDtype: info.weightDtype }, 'engine loaded');
   if (cfg.maxModelLen !== undefined && cfg.maxModelLen > info.maxPositionEmbeddings) {
     engine.close();
     throw new WorkerConfigError(`--max-model-len (KVFLEET_MAX_MODEL_LEN): ${cfg.maxModelLen} exceeds the model's `

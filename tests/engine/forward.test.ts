@@ -112,3 +112,14 @@ describe('batch invariance through the binding', () => {
     engine.close();
   });
 });
+
+describe('the op table', () => {
+  it('the CPU backend reports that it runs every op of the table itself', async () => {
+    const dir = model({ preset: 'tiny', seed: 2, dtype: 'f32' });
+    const engine = await Engine.load(dir, { numPages: 64, backend: 'cpu' });
+    expect(engine.info.backend).toBe('cpu');
+    expect(engine.info.ops).toEqual(['embed', 'rmsnorm', 'matmul', 'rope', 'silu_mul', 'add', 'attn_prefill',
+      'attn_decode', 'kv_write', 'kv_copy', 'kv_gather', 'snapkv_scores', 'snapkv_select', 'sample']);
+    engine.close();
+  });
+});

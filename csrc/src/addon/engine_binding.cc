@@ -393,6 +393,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       for (size_t i = 0; i < c.eos_token_ids.size(); i++) eos.Set((uint32_t)i, c.eos_token_ids[i]);
       o.Set("eosTokenIds", eos);
       o.Set("backend", engine(env).backend().name());
+      // the op table's entries this backend runs itself (ops.h; a CUDA op never falls back to the CPU)
+      Napi::Array ops = Napi::Array::New(env);
+      for (int32_t i = 0; i < (int32_t)kvf::Op::Count; i++)
+        if (engine(env).backend().supports((kvf::Op)i)) ops.Set(ops.Length(), kvf::op_name((kvf::Op)i));
+      o.Set("ops", ops);
       return o;
     });
   }
