@@ -254,7 +254,7 @@ interface Acc { errNum: number; errDen: number; errLayerNum: number[]; errLayerD
   steps: number; pages: number; fullPages: number; kept: number; minHead: number; maxHead: number; runs: number }
 
 export async function run(opts: BenchOptions): Promise<BenchReport> {
-  const nPrompts = intArg(opts, 'prompts', 2);
+  const nPrompts = intArg(opts, 'prompts', 8);  // 8 x 64 greedy steps: agreement to about +-2 points (2 prompts: +-4)
   const n = intArg(opts, 'tokens', 4096);
   const steps = intArg(opts, 'steps', 64);
   const budgets = listArg(opts, 'budgets', [64, 128, 256, 512, 1024]);
