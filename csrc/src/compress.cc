@@ -216,9 +216,8 @@ std::vector<int32_t> layer_prefix_budgets(const BudgetSpec& b, int32_t L, int32_
   return out;
 }
 
-void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos, int32_t m,
-                   int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
-                   int32_t kernel, float* S) {
+void check_snapkv_args(int32_t w, const int32_t* kpos, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
+                       Pooling pooling, GqaReduce reduce, int32_t kernel) {
   if (w < 1) bad_argument("snapkv_scores: window w must be >= 1, got " + std::to_string(w));
   if (H < 1 || Hk < 1 || H % Hk != 0)
     bad_argument("snapkv_scores: query heads H = " + std::to_string(H) + " must be a positive multiple of KV heads Hk = " +
@@ -232,6 +231,12 @@ void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* 
   if (reduce != GqaReduce::Mean && reduce != GqaReduce::Max) bad_argument("snapkv_scores: unknown GQA reduce");
   for (int32_t j = 1; j < m; j++)
     if (kpos[j] < kpos[j - 1]) bad_argument("snapkv_scores: key positions must be ascending (kpos[" + std::to_string(j) + "])");
+}
+
+void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos, int32_t m,
+                   int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
+                   int32_t kernel, float* S) {
+  check_snapkv_args(w, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);
   if (m_prefix == 0) return;
 
   const int32_t G = H / Hk;
@@ -325,13 +330,17 @@ void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* 
   }
 }
 
-void allocate(const float* S, int32_t Hk, int32_t m, int32_t Bp, float alpha, bool ada,
-              std::vector<std::vector<int32_t>>& kept) {
+void check_allocate_args(int32_t Hk, int32_t m, int32_t Bp, float alpha) {
   if (Hk < 1) bad_argument("allocate: KV heads Hk must be >= 1, got " + std::to_string(Hk));
   if (m < 0 || Bp < 0 || Bp > m)
     bad_argument("allocate: need 0 <= Bp <= m, got Bp = " + std::to_string(Bp) + ", m = " + std::to_string(m));
   if (!(alpha >= 0.f && alpha <= 1.f)) bad_argument("allocate: alpha must be in [0, 1], got " + fmt_num(alpha));
   if ((int64_t)Hk * m > (int64_t)UINT32_MAX) bad_argument("allocate: Hk * m too large");
+}
+
+void allocate(const float* S, int32_t Hk, int32_t m, int32_t Bp, float alpha, bool ada,
+              std::vector<std::vector<int32_t>>& kept) {
+  check_allocate_args(Hk, m, Bp, alpha);
   const size_t total = (size_t)Hk * m;
   for (size_t i = 0; i < total; i++)
     if (std::isnan(S[i])) bad_argument("allocate: score is NaN at head " + std::to_string(i / m) + ", position " + std::to_string(i % m));

@@ -61,6 +61,12 @@ void snapkv_scores(const float* q, const int32_t* qpos, int32_t w, const float* 
                    int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
                    int32_t kernel, float* S);
 
+// The argument checks of snapkv_scores and allocate (Error(BadArgument) naming the argument), shared with the backends'
+// device versions so every backend rejects the same calls with the same message.
+void check_snapkv_args(int32_t w, const int32_t* kpos, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
+                       Pooling pooling, GqaReduce reduce, int32_t kernel);
+void check_allocate_args(int32_t Hk, int32_t m, int32_t Bp, float alpha);
+
 // Chooses the prefix positions each head keeps, given S [Hk, m] and a per-head prefix budget Bp (<= m).
 // ada = false: every head keeps its own top Bp. ada = true: every head first keeps its own top
 // f = floor(alpha * Bp), then the remaining Hk * (Bp - f) slots go to the highest remaining scores over all heads

@@ -689,8 +689,8 @@ class CpuBackend final : public Backend {
 
   // ---- snapkv_scores (added with the CUDA backend): the host function of compress.h is the reference ----
   void snapkv_scores(const float* q, int64_t q_stride, const int32_t* qpos, int32_t w, const float* k,
-                     const int32_t* kpos, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
-                     int32_t kernel, float* S) override {
+                     const int32_t* kpos, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d,
+                     Pooling pooling, GqaReduce reduce, int32_t kernel, float* S) override {
     const size_t row = (size_t)H * d;
     if (q_stride == (int64_t)row || w <= 1) {
       kvf::snapkv_scores(q, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S);
@@ -698,7 +698,8 @@ class CpuBackend final : public Backend {
     }
     if (q_stride < (int64_t)row) bad_argument("snapkv_scores: q_stride " + std::to_string(q_stride) + " < H * d");
     std::vector<float> qd((size_t)std::max(w, 0) * row);  // the window queries made dense
-    for (int32_t i = 0; i < w; i++) std::copy(q + (size_t)i * q_stride, q + (size_t)i * q_stride + row, qd.data() + i * row);
+    for (int32_t i = 0; i < w; i++)
+      std::copy(q + (size_t)i * q_stride, q + (size_t)i * q_stride + row, qd.data() + i * row);
     kvf::snapkv_scores(qd.data(), qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel, S);
   }
   // ---- end snapkv_scores ----

@@ -544,10 +544,20 @@ void Engine::push_queries(Sequence& s, int32_t l, int32_t p0, int32_t count, con
   if (count <= 0) return;
   KVF_CHECK(count <= w, "more queries than the decode-cap ring holds");
   if (!s.qring) s.qring = static_cast<float*>(backend_->alloc((size_t)c.L * w * row * sizeof(float)));
+  ring_copy(s, l, p0, count, const_cast<float*>(q_rows), true);
+}
+
+// Copies the query rows of positions [p0, p0 + count) (count <= w) between a dense buffer rows [count, H, d] and
+// layer l's ring slots p % w, into the ring or out of it: one copy per contiguous run, at most two (one wrap).
+void Engine::ring_copy(Sequence& s, int32_t l, int32_t p0, int32_t count, float* rows, bool into_ring) {
+  const auto& c = model_->cfg;
+  const int32_t w = s.budget.window;
+  const size_t row = (size_t)c.H * c.d;
   float* ring = s.qring + (size_t)l * w * row;
   for (int32_t i = 0; i < count;) {
     const int32_t slot = (p0 + i) % w, run = std::min(count - i, w - slot);
-    backend_->copy(ring + (size_t)slot * row, q_rows + (size_t)i * row, (size_t)run * row * sizeof(float));
+    float *r = ring + (size_t)slot * row, *d = rows + (size_t)i * row;
+    backend_->copy(into_ring ? r : d, into_ring ? d : r, (size_t)run * row * sizeof(float));
     i += run;
   }
 }
@@ -569,11 +579,7 @@ void Engine::apply_decode_cap(Sequence& s) {
     float* qwin = scratch(kQwin, (size_t)wq * row);
     std::vector<int32_t> qpos(wq);
     for (int32_t i = 0; i < wq; i++) qpos[i] = s.positions - wq + i;
-    for (int32_t i = 0; i < wq;) {
-      const int32_t slot = qpos[i] % w, run = std::min(wq - i, w - slot);
-      backend_->copy(qwin + (size_t)i * row, s.qring + ((size_t)l * w + slot) * row, (size_t)run * row * sizeof(float));
-      i += run;
-    }
+    ring_copy(s, l, qpos[0], wq, qwin, false);
     int32_t max_len = 0;
     for (int32_t g = 0; g < c.Hk; g++) max_len = std::max(max_len, s.cache.at(l, g).len());
     float* keys = scratch(kKeys, (size_t)max_len * c.d);  // one head's cached keys, gathered where the pages are

@@ -118,6 +118,7 @@ class Engine {
   void fail_sequence(Sequence& s, StepSeqResult& r);
   void note_pages(Sequence& s);
   void push_queries(Sequence& s, int32_t l, int32_t p0, int32_t count, const float* q_rows);  // decode-cap ring
+  void ring_copy(Sequence& s, int32_t l, int32_t p0, int32_t count, float* rows, bool into_ring);
   void free_buffers(Sequence& s);  // the backend buffers a sequence holds (split-prefill hidden, query ring)
   void apply_decode_cap(Sequence& s);
 

@@ -33,7 +33,8 @@ struct KVStoreDesc {
 };
 
 enum class Op : int32_t {
-  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, KvGather, SnapkvScores, SnapkvSelect, Sample, Count
+  Embed, RmsNorm, MatMul, Rope, SiluMul, Add, AttnPrefill, AttnDecode, KvWrite, KvCopy, KvGather, SnapkvScores,
+  SnapkvSelect, Sample, Count
 };
 const char* op_name(Op op);
 
@@ -98,7 +99,7 @@ class Backend {
   // The decode cap scores a head's cached keys where they are.
   virtual void kv_gather(const KVStoreDesc& kv, const int32_t* page_host, const int32_t* slot_host, int32_t count,
                          float* k_out, float* v_out) = 0;
-  // Reads count tokens' K and V back as fp32 (tests, inspection): k_out/v_out [count, d] host memory.
+  // Reads count tokens' K and V (unless v_out is null) back as fp32 (tests, inspection): [count, d] host memory.
   virtual void kv_read(const KVStoreDesc& kv, const int32_t* page_host, const int32_t* slot_host, int32_t count,
                        float* k_out_host, float* v_out_host) = 0;
   // SnapKV scores of one layer (compress.h's snapkv_scores, same semantics and argument checks): q [w, H, d] and

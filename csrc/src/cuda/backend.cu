@@ -270,30 +270,16 @@ class CudaBackend final : public Backend {
 
   void kv_gather(const KVStoreDesc& kv, const int32_t* page, const int32_t* slot, int32_t count, float* k_out,
                  float* v_out) override {
-    if (count <= 0) return;
-    check_slots(kv, page, slot, count, "kv_gather");
-    on_device();
-    stage_.clear();
-    const size_t o_p = stage_.add(page, (size_t)count * sizeof(int32_t));
-    const size_t o_s = stage_.add(slot, (size_t)count * sizeof(int32_t));
-    char* base = stage_.upload(st_);
-    cuda::launch_kv_read(st_, kv, reinterpret_cast<const int32_t*>(base + o_p),
-                         reinterpret_cast<const int32_t*>(base + o_s), count, k_out, v_out);
+    gather(kv, page, slot, count, k_out, v_out, "kv_gather");
   }
 
   void kv_read(const KVStoreDesc& kv, const int32_t* page, const int32_t* slot, int32_t count, float* k_out,
                float* v_out) override {
     if (count <= 0) return;
-    check_slots(kv, page, slot, count, "kv_read");
     on_device();
-    stage_.clear();
-    const size_t o_p = stage_.add(page, (size_t)count * sizeof(int32_t));
-    const size_t o_s = stage_.add(slot, (size_t)count * sizeof(int32_t));
-    char* base = stage_.upload(st_);
     const size_t n = (size_t)count * kv.d;
     float* rb = static_cast<float*>(readback_.ensure(2 * n * sizeof(float), st_));
-    cuda::launch_kv_read(st_, kv, reinterpret_cast<const int32_t*>(base + o_p),
-                         reinterpret_cast<const int32_t*>(base + o_s), count, rb, rb + n);
+    gather(kv, page, slot, count, rb, rb + n, "kv_read");
     CUDA_CHECK(cudaMemcpyAsync(k_out, rb, n * sizeof(float), cudaMemcpyDeviceToHost, st_.s));
     if (v_out) CUDA_CHECK(cudaMemcpyAsync(v_out, rb + n, n * sizeof(float), cudaMemcpyDeviceToHost, st_.s));
     CUDA_CHECK(cudaStreamSynchronize(st_.s));
@@ -315,12 +301,8 @@ class CudaBackend final : public Backend {
   void snapkv_select(const float* q, const int32_t* qpos, int32_t w, const float* k, const int32_t* kpos, int32_t m,
                      int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling, GqaReduce reduce,
                      int32_t kernel, int32_t Bp, float alpha, bool ada, std::vector<std::vector<int32_t>>& kept) override {
-    // compress.cc allocate's checks, so both backends reject the same calls
-    if (Hk < 1) bad_argument("allocate: KV heads Hk must be >= 1, got " + std::to_string(Hk));
-    if (m_prefix < 0 || Bp < 0 || Bp > m_prefix)
-      bad_argument("allocate: need 0 <= Bp <= m, got Bp = " + std::to_string(Bp) + ", m = " + std::to_string(m_prefix));
-    if (!(alpha >= 0.f && alpha <= 1.f)) bad_argument("allocate: alpha must be in [0, 1], got " + std::to_string(alpha));
     const float* Sd = scores_dev(q, (int64_t)H * d, qpos, w, k, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);
+    check_allocate_args(Hk, m_prefix, Bp, alpha);  // after the scoring checks, in the CPU's order
     kept.assign((size_t)Hk, {});
     if (!Sd || Bp == 0) return;
     const int32_t f = ada ? safeguard_floor(alpha, Bp) : Bp;
@@ -390,27 +372,27 @@ class CudaBackend final : public Backend {
     DType dtype;
   };
 
+  // kv_gather and kv_read: count tokens' K (and V unless null) as fp32 rows into device memory.
+  void gather(const KVStoreDesc& kv, const int32_t* page, const int32_t* slot, int32_t count, float* k_out,
+              float* v_out, const char* what) {
+    if (count <= 0) return;
+    check_slots(kv, page, slot, count, what);
+    on_device();
+    stage_.clear();
+    const size_t o_p = stage_.add(page, (size_t)count * sizeof(int32_t));
+    const size_t o_s = stage_.add(slot, (size_t)count * sizeof(int32_t));
+    char* base = stage_.upload(st_);
+    cuda::launch_kv_read(st_, kv, reinterpret_cast<const int32_t*>(base + o_p),
+                         reinterpret_cast<const int32_t*>(base + o_s), count, k_out, v_out);
+  }
+
   // SnapKV scores of one layer into the workspace (device); null when there is no prefix to score.
   const float* scores_dev(const float* q, int64_t q_stride, const int32_t* qpos, int32_t w, const float* k,
                           const int32_t* kpos,
                           int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling,
                           GqaReduce reduce, int32_t kernel) {
-    // The argument checks of compress.cc's snapkv_scores, so both backends reject the same calls.
-    if (w < 1) bad_argument("snapkv_scores: window w must be >= 1, got " + std::to_string(w));
-    if (H < 1 || Hk < 1 || H % Hk != 0)
-      bad_argument("snapkv_scores: query heads H = " + std::to_string(H) +
-                   " must be a positive multiple of KV heads Hk = " + std::to_string(Hk));
-    if (d < 1 || d > 256) bad_argument("snapkv_scores: the CUDA kernel supports head dim 1..256, got " + std::to_string(d));
-    if (m < 0 || m_prefix < 0 || m_prefix > m)
-      bad_argument("snapkv_scores: need 0 <= m_prefix <= m, got m_prefix = " + std::to_string(m_prefix) +
-                   ", m = " + std::to_string(m));
-    if (kernel < 1 || kernel % 2 == 0)
-      bad_argument("snapkv_scores: pool kernel must be odd and >= 1, got " + std::to_string(kernel));
-    if (pooling != Pooling::Max && pooling != Pooling::Avg) bad_argument("snapkv_scores: unknown pooling");
-    if (reduce != GqaReduce::Mean && reduce != GqaReduce::Max) bad_argument("snapkv_scores: unknown GQA reduce");
-    for (int32_t j = 1; j < m; j++)
-      if (kpos[j] < kpos[j - 1])
-        bad_argument("snapkv_scores: key positions must be ascending (kpos[" + std::to_string(j) + "])");
+    check_snapkv_args(w, kpos, m, m_prefix, H, Hk, d, pooling, reduce, kernel);  // compress.cc's checks
+    if (d > 256) bad_argument("snapkv_scores: the CUDA kernel supports head dim 1..256, got " + std::to_string(d));
     if (m_prefix == 0) return nullptr;
     std::vector<int32_t> visible((size_t)w);  // key j visible to query i iff j < visible[i] (kpos ascending)
     for (int32_t i = 0; i < w; i++) visible[i] = (int32_t)(std::upper_bound(kpos, kpos + m, qpos[i]) - kpos);

@@ -74,6 +74,14 @@ void launch_snapkv(const Stream& st, float* S, const float* q, int64_t q_stride,
                    int32_t w, int32_t m, int32_t m_prefix, int32_t H, int32_t Hk, int32_t d, Pooling pooling,
                    GqaReduce reduce, int32_t kernel, float scale, float* logits, float* stats, float* R);
 
+// Order-preserving map of a float to uint32 (larger float, larger key), -0 folded to +0: compress.cc's ordered_bits
+// on the device; the sort keys of select.cu and sampling.cu are built on it.
+__device__ __forceinline__ uint32_t ordered_bits(float x) {
+  x += 0.0f;  // -0 + 0 = +0 under round-to-nearest
+  const uint32_t b = __float_as_uint(x);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
 // ---- select.cu ----
 // The Ada-KV allocation of one layer (compress.cc allocate, same keys and tie-breaking) from S [Hk, m] on the
 // device: every head's top f, then the best `rest` remaining scores over all heads. out (device): [0] NaN scores

@@ -34,14 +34,7 @@ __device__ __forceinline__ float capped(float x, float softcap) {
   return softcap > 0.f ? (float)((double)softcap * tanh((double)x / (double)softcap)) : x;
 }
 
-// Order-preserving map of a float to uint32 (larger float, larger key); -0 and +0 map to the same key.
-__device__ __forceinline__ uint32_t order_bits(float x) {
-  x += 0.0f;  // -0 + 0 = +0 under round-to-nearest (as compress.cc's ordered_bits)
-  const uint32_t b = __float_as_uint(x);
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
-// Sort keys of the filtered rows: keys[f * V + i] = order_bits(capped logit of row rows[f], id i) << idbits |
+// Sort keys of the filtered rows: keys[f * V + i] = ordered_bits(capped logit of row rows[f], id i) << idbits |
 // (mask - i), mask = 2^idbits - 1 >= V - 1. Sorted descending: the larger logit first, then the lower id. Only the
 // low 32 + idbits bits are sorted.
 __global__ void sample_keys_kernel(uint64_t* __restrict__ keys, const float* __restrict__ logits,
@@ -51,7 +44,7 @@ __global__ void sample_keys_kernel(uint64_t* __restrict__ keys, const float* __r
   const int64_t f = idx / V;
   const uint32_t id = (uint32_t)(idx % V), mask = (1u << idbits) - 1u;
   const float x = capped(logits[(size_t)rows[f] * V + id], softcap);
-  keys[idx] = ((uint64_t)order_bits(x) << idbits) | (uint64_t)(mask - id);
+  keys[idx] = ((uint64_t)ordered_bits(x) << idbits) | (uint64_t)(mask - id);
 }
 
 __global__ void segment_offsets_kernel(int* __restrict__ off, int R, int V) {

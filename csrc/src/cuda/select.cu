@@ -1,7 +1,7 @@
 // The Ada-KV allocation on the device: which prefix positions each KV head of a layer keeps, given the scores S
 // [Hk, m]. Reference: compress.cc allocate (same keys, same rule, so the same positions, not just the same count).
 //
-// Selection key (compress.cc select_key): (~order_bits(score)) << 32 | index, ascending = higher score first, then
+// Selection key (compress.cc select_key): (~ordered_bits(score)) << 32 | index, ascending = higher score first, then
 // the lower index; index = position within a head (step 1) or the head-major flat index h * m + j (step 2: the
 // lower head, then the lower position). Keys are unique, so any correct sort gives the one answer.
 //   1. every head's own top f: a segmented radix sort (CUB) of the head's keys, the first f of each segment.
@@ -23,10 +23,7 @@ namespace {
 constexpr int kSelThreads = 256;
 
 __device__ __forceinline__ uint64_t select_key(float s, uint32_t idx) {
-  s += 0.0f;  // -0 + 0 = +0
-  const uint32_t u = __float_as_uint(s);
-  const uint32_t ob = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  return (uint64_t)(~ob) << 32 | idx;
+  return (uint64_t)(~ordered_bits(s)) << 32 | idx;
 }
 
 __global__ void head_keys_kernel(uint64_t* __restrict__ keys, const float* __restrict__ S, int Hk, int m) {
