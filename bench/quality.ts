@@ -23,6 +23,7 @@ import { writeSynthModel } from '../worker/model/synth.ts';
 import { ropeInvFreq } from '../tests/reference/llama-f64.ts';
 import { readModelTensors, type RefTensor } from '../tests/reference/safetensors-read.ts';
 import type { BenchOptions } from './index.ts';
+import { bootstrapInterval, verdict, type PerPrompt } from './paired.ts';
 import { machineInfo, progress, target, type BenchReport } from './report.ts';
 
 // ---- the probe: float64 recomputation of the last rows from the engine's cached K/V ----
@@ -202,6 +203,9 @@ function ratio(a: number, b: number): number {
   return a === 0 && b === 0 ? 1 : a / b;
 }
 
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+const sums = (x: PerPrompt) => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, sum(v)]));
+
 function argmax(z: Float32Array): number {
   let best = 0;
   for (let i = 1; i < z.length; i++) if (z[i] > z[best]) best = i;
@@ -278,6 +282,8 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
     let done = 0;
 
     const acc = new Map<string, Acc>();
+    // per prompt, for the paired intervals: error numerator/denominator, KL sum, agreeing steps, steps
+    const perPrompt = new Map<string, PerPrompt>();
     const grid = (): number[][] => Array.from({ length: L }, () => Array(Hk).fill(0) as number[]);
     const key = (m: string, B: number) => `${m}/${B}`;
     const shares: ProbeResult[] = [];
@@ -307,6 +313,7 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
           const a = acc.get(key(method, B)) ?? { errNum: 0, errDen: 0, errLayerNum: Array(L).fill(0), errLayerDen: Array(L).fill(0),
             massLayer: Array(L).fill(0), headErrNum: grid(), headErrDen: grid(), headKept: grid(), kl: 0, agree: 0, steps: 0, pages: 0, fullPages: 0, kept: 0, minHead: Infinity, maxHead: 0, runs: 0 };
           const HD = H * d, Gd = (H / Hk) * d;
+          const one = { errNum: 0, errDen: 0, kl: 0, agree: 0, steps: 0 };   // this prompt alone
           for (let s = 0; s < steps; s++) {
             const y = tr.attn[s], yf = full.attn[s];
             for (let l = 0; l < L; l++) {
@@ -314,6 +321,8 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
                 const e = Math.abs(y[i] - yf[i]), f = Math.abs(yf[i]);
                 a.errLayerNum[l] += e;
                 a.errLayerDen[l] += f;
+                one.errNum += e;
+                one.errDen += f;
                 // query heads g*G..g*G+G-1 read KV head g: their outputs are that KV head's share of the error
                 const g = Math.floor((i - l * HD) / Gd);
                 a.headErrNum[l][g] += e;
@@ -324,9 +333,14 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
             let kl = 0;
             for (let v = 0; v < V; v++) kl += Math.exp(lf[v]) * (lf[v] - lp[v]);
             a.kl += kl;
-            if (argmax(tr.logits[s]) === full.tokens[s + 1]) a.agree++;
+            one.kl += kl;
+            if (argmax(tr.logits[s]) === full.tokens[s + 1]) { a.agree++; one.agree++; }
             a.steps++;
+            one.steps++;
           }
+          const pp = perPrompt.get(key(method, B)) ?? { errNum: [], errDen: [], kl: [], agree: [], steps: [] };
+          for (const [k, v] of Object.entries(one)) pp[k].push(v);
+          perPrompt.set(key(method, B), pp);
           tr.massKept.forEach((heads, l) => { a.massLayer[l] += heads.reduce((x, y) => x + y, 0) / Hk; });
           tr.headKept.forEach((heads, l) => heads.forEach((k, g) => { a.headKept[l][g] += k; }));
           a.pages += tr.pages; a.fullPages += full.pages; a.kept += tr.kept; a.runs++;
@@ -377,6 +391,32 @@ export async function run(opts: BenchOptions): Promise<BenchReport> {
       pageSize: P, kvDtype: 'f32',
       headShares: heads, residualRms,
       notes: 'windowMassKept: attention mass of the last window prompt queries (FULL) on the tokens each head kept, mean over heads', seconds: (performance.now() - t0) / 1000 });
+
+    // Ada against its uniform twin, paired by prompt: the point estimates of the targets below with 95% bootstrap
+    // intervals over prompts, the verdict of each interval, and how many prompts Ada won
+    const comparisons = [];
+    for (const [uni, ada] of PAIRS) {
+      for (const B of budgets) {
+        const u = perPrompt.get(key(uni, B))!, x = perPrompt.get(key(ada, B))!;
+        const errRatio = (p: Record<string, number>, q: Record<string, number>) => ratio(p.errNum / p.errDen, q.errNum / q.errDen);
+        const klRatio = (p: Record<string, number>, q: Record<string, number>) => ratio(p.kl, q.kl);
+        const agreeDiff = (p: Record<string, number>, q: Record<string, number>) => p.agree / p.steps - q.agree / q.steps;
+        const iv = (f: typeof errRatio) => bootstrapInterval(x, u, f, { seed: B });
+        const point = (f: typeof errRatio) => f(sums(x), sums(u));
+        const wins = (better: (i: number) => boolean) => x.kl.filter((_, i) => better(i)).length;
+        const errIv = iv(errRatio), klIv = iv(klRatio), agIv = iv(agreeDiff);
+        comparisons.push({ uniform: uni, ada, budget: B, prompts: x.kl.length,
+          errRatio: { value: point(errRatio), ...errIv, verdict: verdict(errIv, 1, true),
+            adaWins: wins((i) => x.errNum[i] / x.errDen[i] < u.errNum[i] / u.errDen[i]) },
+          klRatio: { value: point(klRatio), ...klIv, verdict: verdict(klIv, 1, true), adaWins: wins((i) => x.kl[i] < u.kl[i]) },
+          agreementDiff: { value: point(agreeDiff), ...agIv, verdict: verdict(agIv, 0, false),
+            adaWins: wins((i) => x.agree[i] > u.agree[i]), uniformWins: x.kl.filter((_, i) => x.agree[i] < u.agree[i]).length },
+          perPrompt: x.kl.map((_, i) => ({ errRatio: ratio(x.errNum[i] / x.errDen[i], u.errNum[i] / u.errDen[i]),
+            klRatio: ratio(x.kl[i], u.kl[i]), agreementDiff: (x.agree[i] - u.agree[i]) / x.steps[i] })) });
+      }
+    }
+    results.push({ comparisons, notes: 'Ada against uniform paired by prompt: value = the target\'s point estimate; lo/hi = 95% ' +
+      'percentile bootstrap over prompts (4000 resamples); verdict = where the interval lies; adaWins = prompts Ada won' });
 
     const targets = [];
     for (const [uni, ada] of PAIRS) {

@@ -7,11 +7,14 @@ interface Row { method: string; budget: number; attnRelL1: number; klMean: numbe
   fullPagesPerSeq: number; pagesVsFull: number; fragmentation: number; windowMassKept: number; decodeSteps: number;
   keptTokensPerSeq: number; headKeptTokens: number[][]; headAttnRelL1: number[][] }
 
+interface Stat { value: number; lo: number; hi: number; verdict: string }
+
 describe('bench quality (512-token prompt, 8 decode steps)', () => {
   it('matches FULL exactly when the budget holds the whole prompt, and measures a loss when it does not', async () => {
     const report = await run({ json: true, args: { prompts: '1', tokens: '512', steps: '8', budgets: '64,600' } });
     expect(report.bench).toBe('quality');
-    const [head, ...rows] = report.results as [Record<string, unknown>, ...Row[]];
+    const [head, ...rest] = report.results as [Record<string, unknown>, ...unknown[]];
+    const rows = rest.filter((r): r is Row => (r as Row).method !== undefined);
     expect(head).toMatchObject({ preset: 'hetero', decodeSteps: 8, window: 32, floorAlpha: 0.2 });
     expect((head.headShares as unknown[]).length).toBe(16);
     expect(rows.map((r) => `${r.method}/${r.budget}`).sort()).toEqual(
@@ -41,5 +44,22 @@ describe('bench quality (512-token prompt, 8 decode steps)', () => {
     expect(report.targets.map((t) => t.name)).toContain('ada_snapkv_vs_snapkv_err_ratio_B64');
     expect(report.targets.map((t) => t.name)).toContain('ada_pyramidkv_minus_pyramidkv_agreement_B600');
     expect(report.targets).toHaveLength(2 * 2 * 3);
+    // the paired intervals: one prompt has nothing to resample, so each interval is its target's point; the budget
+    // that holds the whole prompt is an exact tie
+    const { comparisons } = rest.find((r) => (r as { comparisons?: unknown }).comparisons) as { comparisons: Array<{
+      ada: string; budget: number; prompts: number; errRatio: Stat; klRatio: Stat; agreementDiff: Stat }> };
+    expect(comparisons).toHaveLength(2 * 2);
+    for (const c of comparisons) {
+      expect(c.prompts).toBe(1);
+      const name = `${c.ada.toLowerCase()}_vs_${c.ada.slice(4).toLowerCase()}`;
+      const t = (m: string) => report.targets.find((x) => x.name === `${name}_${m}_B${c.budget}`)!.value;
+      expect(c.errRatio).toMatchObject({ value: t('err_ratio'), lo: t('err_ratio'), hi: t('err_ratio') });
+      expect(c.klRatio).toMatchObject({ value: t('kl_ratio'), lo: t('kl_ratio'), hi: t('kl_ratio') });
+      if (c.budget === 600) {
+        for (const s of [c.errRatio, c.klRatio, c.agreementDiff]) expect(s.verdict).toBe('tie');
+      } else {
+        expect(c.errRatio.verdict).not.toBe('tie');
+      }
+    }
   }, 300_000);
 });
