@@ -4,7 +4,9 @@
 // - the leader renews every renewMs (about a third of the lease duration); every write carries the
 //   resourceVersion it read, so of two candidates racing only one succeeds and the other gets 409 Conflict;
 // - a leader whose renewal is refused (409: someone else wrote the Lease) or has not succeeded for renewDeadlineMs
-//   (less than the lease duration) stops leading at once, before any other candidate may take over;
+//   (less than the lease duration) stops leading at once, before any other candidate may take over. The deadline is
+//   a local timer, not a check after a failed call: a call that hangs (a black-holed connection) cannot keep a
+//   leader leading, and every Lease call is abandoned after its own time limit so the loop goes on;
 // - release() (SIGTERM) stops leading and writes the Lease free, so a standby takes over without waiting.
 // onStart runs when leadership is gained; onStop when it is lost or released, and is awaited before the Lease
 // is released, so the controllers of two replicas never run at the same time.
@@ -40,6 +42,8 @@ export class LeaderElector {
   /** the Lease record as last read, and when (local clock) it last changed */
   private observed: { key: string; atMs: number } | undefined;
   private loop: Promise<void> = Promise.resolve();
+  /** fires renewDeadlineMs after the last successful renewal (or the gain) while leading */
+  private deadline: NodeJS.Timeout | undefined;
   private transition: Promise<void> = Promise.resolve();
 
   constructor(opts: LeaderElectorOptions) {
@@ -60,6 +64,29 @@ export class LeaderElector {
     if (this.stopped) return;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => { this.loop = this.tick(); }, ms);
+  }
+
+  /** `p`, or a rejection once `ms` have passed (the call itself is abandoned, its late answer ignored) */
+  private bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+    let t: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      t = setTimeout(() => reject(new Error(`${what}: no answer within ${Math.round(ms)} ms`)), Math.max(1, ms));
+    });
+    return Promise.race([p, timeout]).finally(() => clearTimeout(t));
+  }
+
+  /** time left for a Lease call: a leader's calls must end before its renew deadline; a standby's within a renewal period */
+  private callBudgetMs(): number {
+    return this.leading ? this.lastRenewMs + this.o.renewDeadlineMs - this.o.now() : this.o.renewDeadlineMs;
+  }
+
+  private armDeadline(): void {
+    clearTimeout(this.deadline);
+    this.deadline = setTimeout(() => {
+      if (this.leading && this.o.now() - this.lastRenewMs >= this.o.renewDeadlineMs) {
+        void this.lose('renew deadline passed').catch((err: unknown) => this.o.log.error({ err: errorText(err) }, 'leader election: onStop failed'));
+      }
+    }, this.o.renewDeadlineMs);
   }
 
   private async tick(): Promise<void> {
@@ -88,11 +115,12 @@ export class LeaderElector {
     const { api, namespace, name } = this.o;
     let lease: V1Lease;
     try {
-      lease = await api.readNamespacedLease({ name, namespace });
+      lease = await this.bounded(api.readNamespacedLease({ name, namespace }), this.callBudgetMs(), 'read Lease');
     } catch (err) {
       if (!isNotFound(err)) throw err;
       try {
-        await api.createNamespacedLease({ namespace, body: { metadata: { name, namespace }, spec: this.spec(undefined, true) } });
+        await this.bounded(api.createNamespacedLease({ namespace, body: { metadata: { name, namespace }, spec: this.spec(undefined, true) } }),
+          this.callBudgetMs(), 'create Lease');
       } catch (e) {
         if (httpCode(e) === 409) return; // another candidate created it first
         throw e;
@@ -108,7 +136,7 @@ export class LeaderElector {
     const durationMs = (s.leaseDurationSeconds ?? Math.ceil(this.o.leaseDurationMs / 1000)) * 1000;
     if (held && now - this.observed.atMs < durationMs) return; // the holder is alive as far as we can see
     try {
-      await api.replaceNamespacedLease({ name, namespace, body: { ...lease, spec: this.spec(s, true) } });
+      await this.bounded(api.replaceNamespacedLease({ name, namespace, body: { ...lease, spec: this.spec(s, true) } }), this.callBudgetMs(), 'take Lease');
     } catch (err) {
       if (httpCode(err) === 409) return; // someone else wrote it since we read it
       throw err;
@@ -118,11 +146,15 @@ export class LeaderElector {
 
   private async renew(): Promise<void> {
     const { api, namespace, name } = this.o;
-    const lease = await api.readNamespacedLease({ name, namespace });
+    const lease = await this.bounded(api.readNamespacedLease({ name, namespace }), this.callBudgetMs(), 'read Lease');
+    if (!this.leading) return;   // the deadline passed while the read was in flight
     if (lease.spec?.holderIdentity !== this.o.identity) { await this.lose(`the Lease is held by ${lease.spec?.holderIdentity || 'nobody'}`); return; }
     try {
-      await api.replaceNamespacedLease({ name, namespace, body: { ...lease, spec: this.spec(lease.spec, false) } });
+      await this.bounded(api.replaceNamespacedLease({ name, namespace, body: { ...lease, spec: this.spec(lease.spec, false) } }),
+        this.callBudgetMs(), 'renew Lease');
+      if (!this.leading) return;
       this.lastRenewMs = this.o.now();
+      this.armDeadline();
     } catch (err) {
       if (httpCode(err) === 409) { await this.lose('renewal refused (409 Conflict)'); return; }
       throw err;
@@ -132,6 +164,7 @@ export class LeaderElector {
   private async gain(): Promise<void> {
     this.leading = true;
     this.lastRenewMs = this.o.now();
+    this.armDeadline();
     this.o.log.info({ lease: `${this.o.namespace}/${this.o.name}`, identity: this.o.identity }, 'leader election: leading');
     this.transition = this.transition.then(() => this.o.onStart());
     await this.transition;
@@ -140,6 +173,7 @@ export class LeaderElector {
   private async lose(why: string): Promise<void> {
     if (!this.leading) return;
     this.leading = false;
+    clearTimeout(this.deadline);
     this.o.log.warn({ why }, 'leader election: leadership lost; controllers stop');
     this.transition = this.transition.then(() => this.o.onStop());
     await this.transition;
@@ -150,16 +184,17 @@ export class LeaderElector {
     this.stopped = true;
     clearTimeout(this.timer);
     await this.loop;
+    clearTimeout(this.deadline);
     if (!this.leading) return;
     this.leading = false;
     this.transition = this.transition.then(() => this.o.onStop());
     await this.transition;
     const { api, namespace, name } = this.o;
     try {
-      const lease = await api.readNamespacedLease({ name, namespace });
+      const lease = await this.bounded(api.readNamespacedLease({ name, namespace }), this.o.renewDeadlineMs, 'read Lease');
       if (lease.spec?.holderIdentity !== this.o.identity) return;
-      await api.replaceNamespacedLease({ name, namespace, body: { ...lease, spec: { ...lease.spec, holderIdentity: '', leaseDurationSeconds: 1,
-        renewTime: new Date(this.o.now()) } } });
+      await this.bounded(api.replaceNamespacedLease({ name, namespace, body: { ...lease, spec: { ...lease.spec, holderIdentity: '',
+        leaseDurationSeconds: 1, renewTime: new Date(this.o.now()) } } }), this.o.renewDeadlineMs, 'release Lease');
       this.o.log.info('leader election: Lease released');
     } catch (err) {
       this.o.log.warn({ err: errorText(err) }, 'leader election: could not release the Lease; it expires on its own');

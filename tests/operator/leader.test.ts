@@ -6,9 +6,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, inject, it } from 'vitest';
+import { CoordinationV1Api, type V1Lease } from '@kubernetes/client-node';
 import { FleetReconciler } from '../../operator/controllers/fleet.ts';
 import { parseOperatorConfig } from '../../operator/config.ts';
 import { startOperator, type RunningOperator } from '../../operator/main.ts';
+import { LeaderElector } from '../../operator/runtime/leader.ts';
 import { eventually } from '../kube/client.ts';
 import { fleet, fleetTarget, silentLog, startCluster, type Cluster } from './helpers.ts';
 
@@ -94,3 +96,45 @@ it('one instance leads; stopped, the other leads within the lease duration; reco
   const byB = runs.filter((x) => x.who === standbyReconciler);
   for (const x of byA) for (const y of byB) expect(x.end <= y.start || y.end <= x.start).toBe(true);
 }, 60_000);
+
+it('a leader whose Lease calls hang (a black-holed connection) stops leading at its renew deadline; never two leaders', async () => {
+  const ns = await c.namespace();
+  const real = c.kc.makeApiClient(CoordinationV1Api);
+  let partitioned = false;
+  const hang = new Promise<never>(() => { /* no RST, no client timeout */ });
+  const blackHoled = {
+    readNamespacedLease: (a: { name: string; namespace: string }) => (partitioned ? hang : real.readNamespacedLease(a)),
+    createNamespacedLease: (a: { namespace: string; body: V1Lease }) => (partitioned ? hang : real.createNamespacedLease(a)),
+    replaceNamespacedLease: (a: { name: string; namespace: string; body: V1Lease }) => (partitioned ? hang : real.replaceNamespacedLease(a)),
+  };
+  // when each candidate leads, from its own point of view: [start, end)
+  const spans: Record<string, Array<[number, number]>> = { A: [], B: [] };
+  const mk = (identity: 'A' | 'B', api: typeof blackHoled) => new LeaderElector({ api, namespace: ns, name: 'lease', identity,
+    leaseDurationMs: LEASE_MS, renewMs: 500, renewDeadlineMs: 1000, retryMs: 100, log: silentLog,
+    onStart: () => { spans[identity].push([performance.now(), Infinity]); },
+    onStop: () => { spans[identity].at(-1)![1] = performance.now(); } });
+  const A = mk('A', blackHoled), B = mk('B', real);
+  try {
+    A.start();
+    await eventually(() => A.isLeader, 'A to lead', 3000);
+    B.start();
+    await new Promise((r) => setTimeout(r, 700));
+    expect(B.isLeader).toBe(false);
+    partitioned = true;
+    const cut = performance.now();
+    await eventually(() => B.isLeader, 'B to take over after the lease expires', 4 * LEASE_MS);
+    // A stepped down on its own clock, within its renew deadline of its last renewal, so before B could take over
+    expect(A.isLeader).toBe(false);
+    expect(spans.A).toHaveLength(1);
+    expect(spans.A[0][1] - cut).toBeLessThan(1000 + 100);
+    expect(spans.A[0][1]).toBeLessThanOrEqual(spans.B[0][0]);
+    // A's loop goes on (each hung call is abandoned): healed, it is a standby that sees B holding the Lease
+    partitioned = false;
+    await new Promise((r) => setTimeout(r, 3 * 500));
+    expect(A.isLeader).toBe(false);
+    expect(B.isLeader).toBe(true);
+  } finally {
+    await A.release();
+    await B.release();
+  }
+}, 30_000);
