@@ -41,6 +41,12 @@ RUN cp -r node_modules/node /tmp/node-pkg \
 
 # ---------------------------------------------------------------------------------------------------------------
 FROM nvidia/cuda:${CUDA_VERSION}-base-${UBUNTU} AS runtime
+# The addon needs the OpenMP runtime (libgomp.so.1, csrc/CMakeLists.txt) and libstdc++; the `base` flavour ships
+# neither guaranteed, so install them, and load the addon once at build time so a missing library fails the build,
+# not the first pod (loading needs no GPU: the CUDA runtime reaches the driver only at the first CUDA call).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 libstdc++6 \
+ && rm -rf /var/lib/apt/lists/*
 # uid/gid 65532: the non-root user the chart's securityContext runs as (runAsUser 65532).
 RUN groupadd --gid 65532 kvfleet && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin kvfleet
 WORKDIR /app
@@ -54,6 +60,7 @@ COPY ledger/ ledger/
 COPY operator/ operator/
 COPY proto/ proto/
 ENV NODE_ENV=production
+RUN node_modules/.bin/node -e "const a = require('/app/build/Release/kvfleet.node'); if (typeof a !== 'object') process.exit(1)"
 USER 65532:65532
 # worker gRPC/metrics, router gRPC/metrics, operator metrics (each process opens only its own)
 EXPOSE 50051 9400 9401 9402
