@@ -42,6 +42,11 @@ export function withAppliedHash(obj: ChildObject): ChildObject {
   return { ...obj, metadata: { ...obj.metadata, annotations: { ...obj.metadata.annotations, [APPLIED_HASH_ANNOTATION]: h } } };
 }
 
+/** A child's name is taken by an object this owner does not control. */
+export class ChildConflictError extends Error {
+  override name = 'ChildConflictError';
+}
+
 export type ApplyResult = { changed: boolean; object: KubernetesObject };
 
 export class Applier {
@@ -59,10 +64,22 @@ export class Applier {
     }
   }
 
-  /** Applies `obj` unless the stored version already matches it; returns the stored (or new) object. */
+  /**
+   * Applies `obj` unless the stored version already matches it; returns the stored (or new) object. An object that
+   * names a controller (ownerReferences with controller: true) is never applied over a stored object of the same
+   * name that another controller, or nobody, controls: that is someone else's object (the namespace's `default`
+   * ServiceAccount, a user's ConfigMap), and server-side apply with force would take it over. ChildConflictError.
+   */
   async apply(obj: ChildObject): Promise<ApplyResult> {
     const want = withAppliedHash(obj);
     const live = await this.read(obj.apiVersion, obj.kind, obj.metadata.namespace, obj.metadata.name);
+    const owner = obj.metadata.ownerReferences?.find((r) => r.controller);
+    if (live && owner && !live.metadata?.ownerReferences?.some((r) => r.controller && r.uid === owner.uid)) {
+      const other = live.metadata?.ownerReferences?.find((r) => r.controller);
+      throw new ChildConflictError(`${obj.kind} ${obj.metadata.namespace}/${obj.metadata.name} already exists and is controlled by `
+        + `${other ? `${other.kind} ${other.name}` : 'nothing'}, not by ${owner.kind} ${owner.name}: the operator leaves it alone; `
+        + `delete or rename it, or give the ${owner.kind} another name`);
+    }
     if (live && contains(live, want)) return { changed: false, object: live };
     const object = await this.api.patch(want as KubernetesObject, undefined, undefined, FIELD_MANAGER, true, PatchStrategy.ServerSideApply);
     return { changed: true, object };

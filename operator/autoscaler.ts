@@ -168,6 +168,13 @@ export class Autoscaler implements FleetAutoscaler {
 
   private now(): number { return this.d.now?.() ?? Date.now(); }
 
+  /** Forgets every Fleet (leadership lost: the next leader's decisions, recorded in status, are the truth). */
+  reset(): void {
+    this.deciders.clear();
+    this.drains.clear();
+    this.undrains.clear();
+  }
+
   forget(key: string): void {
     this.deciders.delete(key);
     this.drains.delete(key);

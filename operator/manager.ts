@@ -93,6 +93,7 @@ export class Operator {
   private readonly opts: OperatorOptions;
   private readonly controllers = new Map<string, ControllerEntry>();
   private resyncTimer: NodeJS.Timeout | undefined;
+  private autoscaler: Autoscaler | undefined;
   private informersStarted = false;
 
   constructor(opts: OperatorOptions) {
@@ -146,7 +147,7 @@ export class Operator {
       budgets: this.budgets, ledgers: this.ledgers,
       render: { defaultImage: this.opts.defaultImage ?? FALLBACK_IMAGE, redisImage: this.opts.redisImage ?? DEFAULT_REDIS_IMAGE },
       statusIntervalMs: this.opts.fleetStatusIntervalMs, events: this.events,
-      autoscaler: this.opts.autoscaling === false ? undefined : new Autoscaler({
+      autoscaler: this.autoscaler = this.opts.autoscaling === false ? undefined : new Autoscaler({
         custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api), ledgers: this.ledgers,
         events: this.events, log: this.log.child({ part: 'autoscaler' }), metrics: this.metrics, ...this.opts.autoscaling }),
       log: this.log.child({ controller: 'fleet' }), metrics: this.metrics,
@@ -264,6 +265,10 @@ export class Operator {
       c.running = undefined;
     }
     await Promise.all(running);
+    // What the autoscaler remembers (drains in flight, stabilisation windows, undrain retries) was true while this
+    // replica led; another leader may have finished or replaced those drains since. Leading again, it starts from
+    // the Fleets' status (status.scaleDown), which the leader of the moment keeps.
+    this.autoscaler?.reset();
   }
 
   async start(): Promise<void> {

@@ -59,7 +59,8 @@ export interface RenderOptions {
 /** Names of a Fleet's children. */
 export function childNames(fleetName: string) {
   return {
-    serviceAccount: fleetName,
+    // not the Fleet's bare name: a Fleet called `default` would otherwise be the namespace's default ServiceAccount
+    serviceAccount: `${fleetName}-kvfleet`,
     engineConfig: `${fleetName}-engine`,
     workers: `${fleetName}-workers`,
     router: `${fleetName}-router`,

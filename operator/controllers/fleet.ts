@@ -18,7 +18,7 @@ import type { Logger } from 'pino';
 import { fleetPressure, type LedgerSnapshot } from '../../ledger/index.ts';
 import { findCondition, FleetConditions, KVBudgetConditions, setCondition, type ConditionInput } from '../api/conditions.ts';
 import { FLEET, GROUP, VERSION, type Condition, type Fleet, type FleetStatus, type KVBudget } from '../api/v1alpha1.ts';
-import type { Applier } from '../apply.ts';
+import { ChildConflictError, type Applier } from '../apply.ts';
 import { fleetRedis, type FleetRedis, type LedgerPool } from '../ledgers.ts';
 import { errorText, isNotFound, MERGE_PATCH, splitKey } from '../runtime/kube.ts';
 import { EventRecorder } from '../runtime/events.ts';
@@ -37,7 +37,7 @@ export const FleetReasons = {
   RolloutInProgress: 'RolloutInProgress', RolloutComplete: 'RolloutComplete',
   // Degraded
   AsExpected: 'AsExpected', LedgerUnavailable: 'LedgerUnavailable', RedisSecretMissing: 'RedisSecretMissing',
-  InvalidSpec: 'InvalidSpec', ApplyFailed: 'ApplyFailed',
+  InvalidSpec: 'InvalidSpec', ApplyFailed: 'ApplyFailed', ChildConflict: 'ChildConflict',
   // BudgetResolved
   BuiltInDefault: 'BuiltInDefault', Resolved: 'Resolved', BudgetNotFound: 'BudgetNotFound', BudgetInvalid: 'BudgetInvalid',
   BudgetPending: 'BudgetPending',
@@ -152,6 +152,7 @@ export class FleetReconciler {
       for (const o of optionalChildren(fleet)) await this.removeIfOwned(fleet, o, log);
     } catch (err) {
       if (err instanceof FleetSpecError) degraded(FleetReasons.InvalidSpec, err.message);
+      else if (err instanceof ChildConflictError) { applyError = err; degraded(FleetReasons.ChildConflict, err.message); }
       else { applyError = err; degraded(FleetReasons.ApplyFailed, errorText(err)); }
     }
 

@@ -42,10 +42,12 @@ export interface CallRecord {
   verb: string;         // get list watch create update patch delete deletecollection
   group: string;        // '' for core
   resource: string;     // plural, e.g. 'deployments'
-  subresource: string;  // '' | 'status' | 'scale'
+  subresource: string;  // '' | 'status' | 'scale' | 'finalizers' (implied by blockOwnerDeletion)
   namespace: string;    // '' for cluster-scoped or all-namespace requests
   name: string;         // '' for collection requests
   code: number;         // HTTP status answered
+  /** not a request: a permission the request implied (see recordOwnerFinalizers) */
+  implied?: true;
 }
 
 export interface PolicyRule { apiGroups: string[]; resources: string[]; verbs: string[] }
@@ -92,6 +94,11 @@ const NS_KEY = '/namespaces';
 const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+
+function ownerRefs(obj: JsonObject | undefined): JsonObject[] {
+  const refs = obj && isObject(obj.metadata) ? (obj.metadata as JsonObject).ownerReferences : undefined;
+  return Array.isArray(refs) ? refs.filter(isObject) : [];
+}
 
 function notFound(info: ResourceInfo, name: string): ApiError {
   return new ApiError(404, 'NotFound', `${qualified(info)} "${name}" not found`, { name, group: info.group, kind: info.plural });
@@ -484,6 +491,8 @@ export class KubeApiServer {
     if (name === undefined && sub !== '') throw notServed();
     const ctype = (req.headers['content-type'] ?? 'application/json').split(';')[0].trim();
     const body = () => this.parseBody(raw, ctype);
+    // owner references as they were, for the finalizers permission a write that sets blockOwnerDeletion implies
+    const refsBefore = name !== undefined && sub === '' ? ownerRefs(this.bucket(info).get(objKey(ns ?? '', name))) : [];
     switch (verb) {
       case 'get': return this.sendJson(res, 200, this.doGet(info, ns ?? '', name!, sub));
       case 'list': return this.sendJson(res, 200, this.doList(info, ns, q));
@@ -491,16 +500,19 @@ export class KubeApiServer {
       case 'create': {
         if (name !== undefined) throw new ApiError(405, 'MethodNotAllowed', `POST is not allowed on a named ${info.plural}`);
         const { obj, warnings } = this.doCreate(info, ns ?? '', body(), q);
+        this.recordOwnerFinalizers(refsBefore, obj, ns);
         return this.sendJson(res, 201, obj, warnings);
       }
       case 'update': {
         if (name === undefined) throw new ApiError(405, 'MethodNotAllowed', `PUT is not allowed on the ${info.plural} collection`);
         const { code, obj, warnings } = this.doUpdate(info, ns ?? '', name, sub, body(), q);
+        if (sub === '') this.recordOwnerFinalizers(refsBefore, obj, ns);
         return this.sendJson(res, code, obj, warnings);
       }
       case 'patch': {
         if (name === undefined) throw new ApiError(405, 'MethodNotAllowed', `PATCH is not allowed on the ${info.plural} collection`);
         const { code, obj, warnings } = this.doPatch(info, ns ?? '', name, sub, raw, ctype, q);
+        if (sub === '') this.recordOwnerFinalizers(refsBefore, obj, ns);
         return this.sendJson(res, code, obj, warnings);
       }
       case 'delete': {
@@ -510,6 +522,32 @@ export class KubeApiServer {
       case 'deletecollection': return this.sendJson(res, 200, this.doDeleteCollection(info, ns, raw === '' ? {} : body(), q));
       default: throw new ApiError(405, 'MethodNotAllowed', `${method} is not allowed`);
     }
+  }
+
+  /**
+   * OwnerReferencesPermissionEnforcement (an admission plugin on in OpenShift and many hardened clusters): a write
+   * that sets blockOwnerDeletion on a reference needs `update` on the owner's finalizers subresource. This server
+   * allows the write but records that implied call, so an RBAC check against the call record needs the grant.
+   */
+  private recordOwnerFinalizers(before: JsonObject[], obj: JsonObject, ns: string | undefined): void {
+    for (const r of ownerRefs(obj)) {
+      if (r.blockOwnerDeletion !== true || before.some((b) => b.uid === r.uid && b.blockOwnerDeletion === true)) continue;
+      const av = str(r.apiVersion);
+      const [group, version] = av.includes('/') ? av.split('/') : ['', av];
+      const plural = this.pluralOfKind(group, version, str(r.kind));
+      this.callLog.push({ verb: 'update', group, resource: plural, subresource: 'finalizers', namespace: ns ?? '', name: str(r.name), code: 200,
+        implied: true });
+    }
+  }
+
+  private pluralOfKind(group: string, version: string, kind: string): string {
+    const b = BUILTINS.find((x) => x.group === group && x.kind === kind);
+    if (b) return b.plural;
+    for (const crd of this.crds()) {
+      const spec = crd.spec as unknown as CrdSpec;
+      if (spec.group === group && spec.names.kind === kind && spec.versions.some((v) => v.name === version)) return spec.names.plural;
+    }
+    return `${kind.toLowerCase()}s`;
   }
 
   private parseBody(raw: string, ctype: string): JsonObject {

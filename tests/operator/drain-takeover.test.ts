@@ -150,3 +150,37 @@ it('a count set to the drain\'s own target by hand removes exactly the drained w
   expect(ann(ns, 'llm-workers-b')[POD_DELETION_COST]).toBeUndefined();
   expect(undrains).toEqual([]);
 }, 60_000);
+
+it('a replica that lost leadership and leads again starts from the Fleet\'s status, not from the drain it remembers', async () => {
+  const ns = await c.namespace();
+  const { fields, orders, fleetObj, op: op1 } = await drainingFleet(ns);
+  await eventually(() => fleetObj().status?.scaleDown !== undefined, 'the drain recorded in status', 10_000);
+  await op1.stopControllers();   // leadership lost (informers stay, as under leader election)
+
+  // the next leader finishes the drain (2 -> 1, a removed) ...
+  const op2 = testOperator(c.kc, { namespace: ns });
+  stops.push(() => op2.stop());
+  await op2.start();
+  fields['llm-workers-a'].running = 0;
+  await eventually(() => fleetObj().spec.workers.replicas === 1 && fleetObj().status?.scaleDown === undefined, 'op2 to finish the drain', 15_000);
+  await op2.stop();
+  delete fields['llm-workers-a'];
+  await c.core.deleteNamespacedPod({ namespace: ns, name: 'llm-workers-a' });
+  // ... and the count goes back to 2 (a new worker c, busy): the count op1's stale drain started from
+  await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { workers: { replicas: 2 } } } },
+    setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+  fields['llm-workers-c'] = { addr: '127.0.0.1:3', total_pages: 100, free_pages: 60, page_size: 16, num_layers: 2, num_kv_heads: 2, running: 3, waiting: 0, draining: false };
+  readyWorkerPod(c.server, ns, 'llm', 'llm-workers-c');
+  const ordersBefore = orders.length;
+
+  // op1 leads again. Acting on its remembered drain (from 2, of a) would lower the count to 1 at once, with no
+  // drain order to anyone: a serving worker removed mid-stream
+  op1.startControllers();
+  const t0 = performance.now();
+  while (performance.now() - t0 < 1500 && fleetObj().spec.workers.replicas === 2) await new Promise((r) => setTimeout(r, 50));
+  if (fleetObj().spec.workers.replicas < 2) {
+    const newOrders = orders.slice(ordersBefore);
+    expect(newOrders.length, 'a scale-down without a drain order first').toBeGreaterThan(0);
+    expect(newOrders).not.toContain('llm-workers-a');
+  }
+}, 60_000);

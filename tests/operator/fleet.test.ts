@@ -83,7 +83,7 @@ describe('Fleet reconciler: children', () => {
     await op.events.flush();
     const created = writes(c.server, ns).map((w) => `${w.verb} ${w.resource}${w.subresource ? `/${w.subresource}` : ''} ${w.name}`);
     expect(created).toEqual([
-      'patch serviceaccounts llm', 'patch configmaps llm-engine', 'patch deployments llm-workers', 'patch services llm-workers',
+      'patch serviceaccounts llm-kvfleet', 'patch configmaps llm-engine', 'patch deployments llm-workers', 'patch services llm-workers',
       'patch poddisruptionbudgets llm-workers', 'patch deployments llm-router', 'patch services llm-router', 'patch poddisruptionbudgets llm-router',
       'patch fleets/status llm', 'create events ',
     ]);
@@ -92,7 +92,7 @@ describe('Fleet reconciler: children', () => {
       .toEqual([['Warning', 'LedgerUnavailable', 'Reconcile', 'kvfleet.io/operator']]);
     expect(kubeEvents(c.server, ns, 'Fleet', 'llm')[0].note).toMatch(/ledger/i);
     expect(children(ns)).toEqual(['ConfigMap/llm-engine', 'Deployment/llm-router', 'Deployment/llm-workers', 'PodDisruptionBudget/llm-router',
-      'PodDisruptionBudget/llm-workers', 'Secret/redis-auth', 'Service/llm-router', 'Service/llm-workers', 'ServiceAccount/llm']);
+      'PodDisruptionBudget/llm-workers', 'Secret/redis-auth', 'Service/llm-router', 'Service/llm-workers', 'ServiceAccount/llm-kvfleet']);
 
     const f = await getFleet(ns, 'llm');
     const owner = { apiVersion: 'kvfleet.io/v1alpha1', kind: 'Fleet', name: 'llm', uid: f.metadata.uid, controller: true, blockOwnerDeletion: true };
@@ -110,7 +110,7 @@ describe('Fleet reconciler: children', () => {
     expect(w.spec.template.metadata.labels).toMatchObject(sel);
     const pod = w.spec.template.spec;
     expect(pod.terminationGracePeriodSeconds).toBe(135); // drainTimeoutSeconds + 15 s for the worker's own timeout to fire first
-    expect(pod.serviceAccountName).toBe('llm');
+    expect(pod.serviceAccountName).toBe('llm-kvfleet');
     expect(pod.nodeSelector).toEqual({ 'nvidia.com/gpu.product': 'H100' });
     expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
     const [wc] = pod.containers;
@@ -205,7 +205,7 @@ describe('Fleet reconciler: children', () => {
     await r.reconcile(`${ns}/m`);
     await op.events.flush();
     expect(children(ns)).toEqual(['ConfigMap/m-engine', 'Deployment/m-redis', 'Deployment/m-router', 'Deployment/m-workers', 'PodDisruptionBudget/m-router',
-      'PodDisruptionBudget/m-workers', 'Secret/m-redis', 'Service/m-redis', 'Service/m-router', 'Service/m-workers', 'ServiceAccount/m']);
+      'PodDisruptionBudget/m-workers', 'Secret/m-redis', 'Service/m-redis', 'Service/m-router', 'Service/m-workers', 'ServiceAccount/m-kvfleet']);
     const secret = c.server.object('', 'secrets', ns, 'm-redis') as { data: { password: string }; metadata: { ownerReferences: JsonObject[] } };
     expect(Buffer.from(secret.data.password, 'base64').toString().length).toBeGreaterThanOrEqual(32);
     expect(secret.metadata.ownerReferences[0]).toMatchObject({ kind: 'Fleet', name: 'm', controller: true });
@@ -237,6 +237,32 @@ describe('Fleet reconciler: children', () => {
     await eventually(() => children(ns).length === 11, 'the children of a managed-Redis fleet', 10_000);
     await c.custom.deleteNamespacedCustomObject({ ...fleetTarget(ns), name: 'gone' });
     await eventually(() => children(ns).length === 0, 'every child garbage-collected');
+  });
+});
+
+describe('Fleet reconciler: names already taken', () => {
+  it('never takes over an object it does not control: Degraded ChildConflict naming it, the object untouched; recovers once it is gone', async () => {
+    const ns = await c.namespace();
+    // a user's ConfigMap with the name the Fleet's engine ConfigMap would have
+    await c.core.createNamespacedConfigMap({ namespace: ns, body: { metadata: { name: 'llm-engine', labels: { team: 'search' } }, data: { mine: 'yes' } } });
+    await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'llm', { redis: { url: redisUrl } }) });
+    const op = await informersOnly(ns);
+    const r = op.reconciler(FLEET_CONTROLLER);
+    await expect(r.reconcile(`${ns}/llm`)).rejects.toThrow(/ConfigMap .*\/llm-engine already exists and is controlled by nothing/);
+    const degraded = cond(await getFleet(ns, 'llm'), 'Degraded')!;
+    expect(degraded).toMatchObject({ status: 'True', reason: 'ChildConflict' });
+    expect(degraded.message).toMatch(/llm-engine/);
+    const cm = c.server.object('', 'configmaps', ns, 'llm-engine') as { metadata: JsonObject; data: Record<string, string> };
+    expect(cm.data).toEqual({ mine: 'yes' });
+    expect(cm.metadata.ownerReferences).toBeUndefined();
+    expect(cm.metadata.labels).toEqual({ team: 'search' });
+    // the ServiceAccount is <fleet>-kvfleet, never the bare Fleet name (a Fleet `default` was the namespace's own)
+    expect(children(ns).filter((x) => x.startsWith('ServiceAccount/'))).toEqual(['ServiceAccount/llm-kvfleet']);
+
+    await c.core.deleteNamespacedConfigMap({ namespace: ns, name: 'llm-engine' });
+    await r.reconcile(`${ns}/llm`);
+    expect(cond(await getFleet(ns, 'llm'), 'Degraded')).toMatchObject({ status: 'False' });
+    expect((c.server.object('', 'configmaps', ns, 'llm-engine')!.metadata as JsonObject).ownerReferences).toHaveLength(1);
   });
 });
 

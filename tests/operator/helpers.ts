@@ -80,7 +80,7 @@ export function kubeEvents(server: KubeApiServer, namespace: string, kind?: stri
 }
 
 /** Calls that change something, as the API server recorded them. */
-export const writes = (server: KubeApiServer, namespace: string) => server.calls()
+export const writes = (server: KubeApiServer, namespace: string) => server.calls().filter((c) => !c.implied)
   .filter((c) => c.namespace === namespace && ['create', 'update', 'patch', 'delete', 'deletecollection'].includes(c.verb));
 
 /** A ready worker pod of fleet `fleetName`, as its Deployment would make it (the labels the operator selects by). */

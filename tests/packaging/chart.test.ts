@@ -186,6 +186,23 @@ describe('network policies', () => {
     expect(find(objs('external redis'), 'NetworkPolicy', 'kvfleet-redis')).toEqual([]);
   });
 
+  it('select the operator\'s pods by the label the operator sets (kvfleet), whatever nameOverride says', () => {
+    const set = render(['--set', 'nameOverride=llm', '--set', 'monitoring.podMonitor.enabled=true']);
+    const [w] = find(set, 'NetworkPolicy', 'kvfleet-llm-workers');
+    expect((w.spec as Json).podSelector).toEqual({ matchLabels: { 'app.kubernetes.io/name': 'kvfleet', 'app.kubernetes.io/component': 'worker' } });
+    const [p] = find(set, 'NetworkPolicy', 'kvfleet-llm-redis');
+    // fleet pods (kvfleet) in the fleet namespaces, and the operator's own pod (the chart's name) in the release namespace
+    expect(((p.spec as Json).ingress as Json[])[0].from).toEqual([
+      { namespaceSelector: { matchExpressions: [{ key: 'kubernetes.io/metadata.name', operator: 'In', values: ['kvfleet'] }] },
+        podSelector: { matchLabels: { 'app.kubernetes.io/name': 'kvfleet' } } },
+      { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'kvfleet' } }, podSelector: { matchLabels: { 'app.kubernetes.io/name': 'llm' } } },
+    ]);
+    const [op] = find(set, 'Deployment', 'kvfleet-llm-operator');
+    expect((((op.spec as Json).template as Json).metadata as Json).labels).toMatchObject({ 'app.kubernetes.io/name': 'llm' });
+    const [pm] = find(set, 'PodMonitor');
+    expect(((pm.spec as Json).selector as Json).matchLabels).toEqual({ 'app.kubernetes.io/name': 'kvfleet' });
+  });
+
   it('can be turned off', () => {
     expect(find(objs('examples on, one replica, no network policies'), 'NetworkPolicy')).toEqual([]);
   });
@@ -249,6 +266,9 @@ describe('values.schema.json rejects bad values, naming the field', () => {
     ['metrics port 0 (the probes need it)', ['--set', 'operator.metricsPort=0'], /at '\/operator\/metricsPort': minimum: got 0, want 1/],
     ['2 replicas without leader election', ['--set', 'operator.leaderElection.enabled=false'], /at '\/operator\/leaderElection\/enabled': value must be true/],
     ['a misspelt key', ['--set', 'operater.replicas=1'], /additional properties 'operater' not allowed/],
+    ['an example Fleet in another namespace than the chart Redis\'s password Secret',
+      ['--set', 'examples.enabled=true', '--set', 'examples.namespace=serving'],
+      /examples.namespace "serving": the example Fleet would use the chart's Redis, whose password Secret "kvfleet-redis" lives in the release namespace/],
     ['a bad monitoring namespace', ['--set', 'networkPolicy.monitoringNamespace=Mon_itoring'], /at '\/networkPolicy\/monitoringNamespace': .*does not match pattern/],
   ];
   for (const [what, args, message] of cases) {
