@@ -258,7 +258,8 @@ interface Acc { errNum: number; errDen: number; errLayerNum: number[]; errLayerD
   steps: number; pages: number; fullPages: number; kept: number; minHead: number; maxHead: number; runs: number }
 
 export async function run(opts: BenchOptions): Promise<BenchReport> {
-  const nPrompts = intArg(opts, 'prompts', 8);  // 8 x 64 greedy steps: agreement to about +-2 points (2 prompts: +-4)
+  // 16 x 64 greedy steps: the paired intervals of agreement about +-3 points, of the KL ratio about +-0.1 (8 prompts: 1.4x wider)
+  const nPrompts = intArg(opts, 'prompts', 16);
   const n = intArg(opts, 'tokens', 4096);
   const steps = intArg(opts, 'steps', 64);
   const budgets = listArg(opts, 'budgets', [64, 128, 256, 512, 1024]);
