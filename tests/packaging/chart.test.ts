@@ -122,9 +122,16 @@ describe('redis', () => {
     expect(pw).toMatch(/^[A-Za-z0-9]{32}$/);
     expect(envOf(c).get('REDIS_PASSWORD')?.valueFrom).toEqual({ secretKeyRef: { name: 'kvfleet-redis', key: 'password' } });
     expect(find(set, 'Service', 'kvfleet-redis')[0].spec).toMatchObject({ ports: [{ name: 'redis', port: 6379, targetPort: 'redis' }] });
-    const op = envOf(container(find(set, 'Deployment', 'kvfleet-operator')[0], 'operator'));
-    expect(op.get('KVFLEET_REDIS_URL')?.value).toBe('redis://kvfleet-redis.kvfleet.svc:6379');
-    expect(op.get('KVFLEET_REDIS_PASSWORD_FILE')?.value).toBe('/var/run/secrets/kvfleet/redis/password');
+  });
+
+  it('gives the operator only environment variables it reads (it once got a Redis URL it ignored)', () => {
+    const src = ['operator/config.ts', 'operator/main.ts'].map((f) => readFileSync(path.join(CHART, '../..', f), 'utf8')).join('\n');
+    const read = new Set([...src.matchAll(/\benv\.([A-Z_][A-Z0-9_]*)/g)].map((m) => m[1]));
+    expect(read.has('KVFLEET_IMAGE')).toBe(true);
+    for (const set of ['defaults', 'external redis', 'managed redis, persistence, existing secret']) {
+      const names = [...envOf(container(find(objs(set), 'Deployment', 'kvfleet-operator')[0], 'operator')).keys()];
+      expect(names.filter((n) => !read.has(n)), set).toEqual([]);
+    }
   });
 
   it('managed with persistence and an existing Secret: a volume claim, no generated Secret', () => {
@@ -135,23 +142,21 @@ describe('redis', () => {
       spec: { accessModes: ['ReadWriteOnce'], storageClassName: 'fast', resources: { requests: { storage: '8Gi' } } } }]);
     expect((container(sts, 'redis').args as string[])[0]).toContain('--appendonly yes');
     expect(envOf(container(sts, 'redis')).get('REDISCLI_AUTH')?.valueFrom).toEqual({ secretKeyRef: { name: 'my-redis', key: 'password' } });
-    const vols = podSpecOf(find(set, 'Deployment', 'kvfleet-operator')[0])!.volumes as Json[];
-    expect(vols.find((v) => v.name === 'redis-password')?.secret).toEqual({ secretName: 'my-redis', items: [{ key: 'password', path: 'password' }] });
+    const [f] = find(render([...VALUE_SETS['managed redis, persistence, existing secret'], '--set', 'examples.enabled=true']), 'Fleet');
+    expect((f.spec as Json).redis).toEqual({ url: 'redis://kvfleet-redis.kvfleet.svc:6379', passwordSecretRef: { name: 'my-redis', key: 'password' } });
   });
 
-  it('external: no Redis objects; the operator gets the URL and the password Secret', () => {
+  it('external: no Redis objects; the example Fleet names the external URL and its password Secret', () => {
     const set = objs('external redis');
     expect(set.filter((o) => o.metadata.labels?.['app.kubernetes.io/component'] === 'redis')).toEqual([]);
-    const c = container(find(set, 'Deployment', 'kvfleet-operator')[0], 'operator');
-    expect(envOf(c).get('KVFLEET_REDIS_URL')?.value).toBe('rediss://ledger.example.internal:6380');
-    expect(envOf(c).get('KVFLEET_REDIS_PASSWORD_SECRET')?.value).toBe('ledger-auth/token');
+    const [f] = find(render([...VALUE_SETS['external redis'], '--set', 'examples.enabled=true']), 'Fleet');
+    expect((f.spec as Json).redis).toEqual({ url: 'rediss://ledger.example.internal:6380', passwordSecretRef: { name: 'ledger-auth', key: 'token' } });
   });
 
-  it('external without a password Secret: no password mount', () => {
-    const set = render(['--set', 'redis.managed=false', '--set', 'redis.url=redis://r:6379']);
-    const c = container(find(set, 'Deployment', 'kvfleet-operator')[0], 'operator');
-    expect(envOf(c).has('KVFLEET_REDIS_PASSWORD_FILE')).toBe(false);
-    expect((podSpecOf(find(set, 'Deployment', 'kvfleet-operator')[0])!.volumes as Json[]).map((v) => v.name)).toEqual(['tmp']);
+  it('the operator mounts no Redis password (it reads each Fleet\'s own)', () => {
+    for (const set of ['defaults', 'external redis']) {
+      expect((podSpecOf(find(objs(set), 'Deployment', 'kvfleet-operator')[0])!.volumes as Json[]).map((v) => v.name)).toEqual(['tmp']);
+    }
   });
 });
 
