@@ -305,22 +305,26 @@ export function renderChildren(fleet: Fleet, url: string, o: RenderOptions): Chi
   const name = fleet.metadata.name;
   const n = childNames(name);
   const engine = engineSettings(fleet);
-  // what, besides the pod template itself, changes a pod's behaviour: the ConfigMap data and the password source
-  const configHash = hash({ engine, password: passwordRef(fleet) ?? null });
+  // what, besides the pod template itself, changes each kind of pod's behaviour, so that a change rolls only the
+  // pods that read it: workers read the engine settings, routers only the pick policy (both read the password)
+  const { KVFLEET_ROUTER_POLICY: policy, ...workerSettings } = engine;
+  const password = passwordRef(fleet) ?? null;
+  const workerHash = hash({ engine: workerSettings, password });
+  const routerHash = hash({ policy, password });
   const out: ChildObject[] = [
     { apiVersion: 'v1', kind: 'ServiceAccount', metadata: meta(fleet, n.serviceAccount, 'identity'), automountServiceAccountToken: false },
     { apiVersion: 'v1', kind: 'ConfigMap', metadata: meta(fleet, n.engineConfig, 'engine'), data: engine },
   ];
   if (fleet.spec.redis.url === undefined) out.push(...managedRedis(fleet, o));
   out.push(
-    workerDeployment(fleet, url, o, configHash),
+    workerDeployment(fleet, url, o, workerHash),
     { apiVersion: 'v1', kind: 'Service', metadata: meta(fleet, n.workers, 'worker'),
       spec: { clusterIP: 'None', selector: selectorLabels(name, 'worker'),
         ports: [{ name: 'grpc', port: WORKER_GRPC_PORT, targetPort: 'grpc', protocol: 'TCP' },
           { name: 'metrics', port: WORKER_METRICS_PORT, targetPort: 'metrics', protocol: 'TCP' }] } },
     { apiVersion: 'policy/v1', kind: 'PodDisruptionBudget', metadata: meta(fleet, n.workers, 'worker'),
       spec: { maxUnavailable: 1, selector: { matchLabels: selectorLabels(name, 'worker') } } },
-    routerDeployment(fleet, url, o, configHash),
+    routerDeployment(fleet, url, o, routerHash),
     { apiVersion: 'v1', kind: 'Service', metadata: meta(fleet, n.router, 'router'),
       spec: { type: fleet.spec.router.serviceType, selector: selectorLabels(name, 'router'),
         ports: [{ name: 'grpc', port: ROUTER_GRPC_PORT, targetPort: 'grpc', protocol: 'TCP' }] } },

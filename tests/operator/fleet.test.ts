@@ -160,7 +160,7 @@ describe('Fleet reconciler: children', () => {
     expect(c.server.calls().filter((x) => x.namespace === ns).every((x) => x.verb === 'get')).toBe(true);
   });
 
-  it('a spec change rolls the workers (config hash on the pod template) and a second pass is quiet again', async () => {
+  it('a spec change rolls the pods that read it (config hash on the pod template) and a second pass is quiet again', async () => {
     const ns = await c.namespace();
     await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'llm', { redis: { url: redisUrl } }) });
     const op = await informersOnly(ns);
@@ -173,10 +173,20 @@ describe('Fleet reconciler: children', () => {
     c.server.clearCalls();
     await r.reconcile(`${ns}/llm`);
     await op.events.flush();
-    expect(writes(c.server, ns).map((w) => `${w.resource} ${w.name}`)).toEqual(['configmaps llm-engine', 'deployments llm-workers',
-      'deployments llm-router', 'fleets llm']);
-    expect(deployment(ns, 'llm-workers').spec.template.metadata.annotations[CONFIG_HASH_ANNOTATION]).not.toBe(before);
+    // an engine setting rolls the workers, not the routers (they don't read it)
+    expect(writes(c.server, ns).map((w) => `${w.resource} ${w.name}`)).toEqual(['configmaps llm-engine', 'deployments llm-workers', 'fleets llm']);
+    const after = deployment(ns, 'llm-workers').spec.template.metadata.annotations[CONFIG_HASH_ANNOTATION];
+    expect(after).not.toBe(before);
     expect((c.server.object('', 'configmaps', ns, 'llm-engine') as { data: Record<string, string> }).data.KVFLEET_KV_MEMORY_FRACTION).toBe('0.5');
+    // the pick policy rolls the routers, not the GPU workers
+    const routerBefore = deployment(ns, 'llm-router').spec.template.metadata.annotations[CONFIG_HASH_ANNOTATION];
+    await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { router: { policy: 'most-free' } } } }, MERGE_PATCH);
+    c.server.clearCalls();
+    await r.reconcile(`${ns}/llm`);
+    await op.events.flush();
+    expect(writes(c.server, ns).map((w) => `${w.resource} ${w.name}`)).toEqual(['configmaps llm-engine', 'deployments llm-router', 'fleets llm']);
+    expect(deployment(ns, 'llm-router').spec.template.metadata.annotations[CONFIG_HASH_ANNOTATION]).not.toBe(routerBefore);
+    expect(deployment(ns, 'llm-workers').spec.template.metadata.annotations[CONFIG_HASH_ANNOTATION]).toBe(after);
     // a replica change reaches the worker Deployment and nothing else
     await c.custom.patchNamespacedCustomObject({ ...fleetTarget(ns), name: 'llm', body: { spec: { workers: { replicas: 4 } } } }, MERGE_PATCH);
     c.server.clearCalls();
