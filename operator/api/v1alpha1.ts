@@ -106,12 +106,23 @@ const toleration = object({
   value: string(),
   effect: enumOf(['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute']),
   tolerationSeconds: integer({ maximum: BIG }),
-});
+}, { 'x-kubernetes-validations': [
+  // the Pod API's own rules, checked here so a bad toleration is refused on the Fleet, not later on its Deployment
+  { rule: "!(has(self.operator) && self.operator == 'Exists' && has(self.value) && self.value != '')",
+    message: 'value must be empty when operator is Exists', fieldPath: '.value' },
+  { rule: "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+    message: 'tolerationSeconds applies only with effect NoExecute', fieldPath: '.tolerationSeconds' },
+] });
 
 const fleetSpec = object({
   model: object({
-    source: string({ pattern: '^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?|hostPath:///.*)$',
-      description: 'Where the Hugging Face model directory lives: pvc://CLAIM/PATH or hostPath:///DIR (mounted read-only).' }),
+    source: string({ pattern: '^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/.*)?|hostPath:///.+)$', maxLength: 1024,
+      description: 'Where the Hugging Face model directory lives: pvc://CLAIM/PATH or hostPath:///DIR (mounted read-only; '
+        + 'the Fleet namespace\'s Pod Security level decides whether hostPath pods may run there).',
+      'x-kubernetes-validations': [
+        { rule: "!self.matches('^[a-zA-Z]+://[^/]*(/.*)?/[.][.](/.*)?$')", message: 'the model path must not contain a .. segment' },
+        { rule: "!self.matches('^hostPath:///+$')", message: 'hostPath must name a directory, not the node\'s root' },
+      ] }),
     dtype: enumOf(['bf16', 'f16', 'f32'], { description: 'Weight dtype expected on disk.' }),
     maxModelLen: integer({ minimum: 1, description: 'Prompt + new tokens at most (default: the model\'s context).' }),
   }, { required: ['source'] }),
@@ -253,7 +264,8 @@ export interface CustomResourceDefinition {
 }
 
 function crd(names: ResourceNames, description: string, spec: JsonSchema, status: JsonSchema, columns: PrinterColumn[],
-  scale?: CustomResourceDefinition['spec']['versions'][number]['subresources']['scale']): CustomResourceDefinition {
+  scale?: CustomResourceDefinition['spec']['versions'][number]['subresources']['scale'],
+  rootRules?: { rule: string; message: string }[]): CustomResourceDefinition {
   return {
     apiVersion: 'apiextensions.k8s.io/v1',
     kind: 'CustomResourceDefinition',
@@ -266,7 +278,7 @@ function crd(names: ResourceNames, description: string, spec: JsonSchema, status
       versions: [{
         name: VERSION, served: true, storage: true,
         schema: { openAPIV3Schema: {
-          type: 'object', description, required: ['spec'],
+          type: 'object', description, required: ['spec'], ...(rootRules ? { 'x-kubernetes-validations': rootRules } : {}),
           properties: {
             apiVersion: { type: 'string' }, kind: { type: 'string' }, metadata: { type: 'object' }, spec, status,
           },
@@ -284,7 +296,12 @@ export const FLEET_CRD = crd(FLEET, 'A serving fleet: workers with a paged, comp
     { name: 'Replicas', type: 'integer', jsonPath: '.spec.workers.replicas', description: 'Desired worker pods' },
     { name: 'KVPressure', type: 'number', jsonPath: '.status.kvPressure', description: 'Fleet KV pressure' },
     { name: 'Budget', type: 'string', jsonPath: '.status.budget', description: 'Default KVBudget' },
-  ], { specReplicasPath: '.spec.workers.replicas', statusReplicasPath: '.status.replicas', labelSelectorPath: '.status.selector' });
+  ], { specReplicasPath: '.spec.workers.replicas', statusReplicasPath: '.status.replicas', labelSelectorPath: '.status.selector' },
+  // the name prefixes the Fleet's Services (<name>-workers, <name>-router, <name>-redis: DNS-1035 labels of at most
+  // 63 characters) and is the value of its pods' instance label
+  [{ rule: "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 52",
+    message: 'metadata.name: a Fleet name must be a DNS-1035 label (lower case letters, digits, \'-\'; starting with a letter) '
+      + 'of at most 52 characters, since it prefixes the names of its Services' }]);
 
 export const KVBUDGET_CRD = crd(KVBUDGET, 'A KV compression budget: method and size of the compressed cache per KV head.',
   kvBudgetSpec.schema, kvBudgetStatus.schema, [

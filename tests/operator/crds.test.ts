@@ -166,6 +166,29 @@ describe('admission by the API server', () => {
     expect(await reject('gpu', { workers: { resources: { limits: { 'nvidia.com/gpu': 'lots' } } } })).toEqual(['spec.workers.resources.limits[nvidia.com/gpu]']);
   });
 
+  it('rejects a Fleet whose name cannot prefix its Services, a model path with .. or the node root, and tolerations the Pod API refuses', async () => {
+    const reject = async (name: string, spec: Record<string, unknown>) => {
+      const err = await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, name, spec) }).then(() => undefined, (e: unknown) => e);
+      const s = apiStatus(err);
+      expect(s?.code, name).toBe(422);
+      return s!.details!.causes!.map((x) => `${x.field}: ${x.message}`);
+    };
+    for (const name of ['my.fleet', '1x', 'a'.repeat(53)]) {
+      expect((await reject(name, {})).join(), name).toMatch(/a Fleet name must be a DNS-1035 label .* at most 52 characters/);
+    }
+    expect(await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'a'.repeat(52), {}) })).toBeDefined();
+    expect((await reject('dotdot', { model: { source: 'pvc://models/../../etc' } })).join()).toMatch(/^spec\.model\.source: .*\.\. segment/);
+    expect((await reject('hostdotdot', { model: { source: 'hostPath:///models/../etc' } })).join()).toMatch(/\.\. segment/);
+    expect((await reject('root', { model: { source: 'hostPath:///' } })).join()).toMatch(/^spec\.model\.source/);
+    expect((await reject('root2', { model: { source: 'hostPath:////' } })).join()).toMatch(/not the node's root/);
+    expect(await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'dots-in-names', { model: { source: 'hostPath:///models/llama..3' } }) }))
+      .toBeDefined();
+    expect(await reject('tol1', { workers: { tolerations: [{ key: 'gpu', operator: 'Exists', value: 'x' }] } }))
+      .toEqual(['spec.workers.tolerations[0].value: Invalid value: "object": value must be empty when operator is Exists']);
+    expect(await reject('tol2', { workers: { tolerations: [{ key: 'gpu', operator: 'Equal', value: 'x', effect: 'NoSchedule', tolerationSeconds: 30 }] } }))
+      .toEqual(['spec.workers.tolerations[0].tolerationSeconds: Invalid value: "object": tolerationSeconds applies only with effect NoExecute']);
+  });
+
   it('serves the Fleet scale subresource from spec.workers.replicas and status', async () => {
     await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'scaled', {
       redis: { url: 'redis://127.0.0.1:6379' }, workers: { replicas: 3, resources: { limits: { 'nvidia.com/gpu': 1, memory: '64Gi' } } } }) });
