@@ -165,6 +165,8 @@ const fleetSpec = object({
         fieldPath: '.passwordSecretRef' },
     ],
   }),
+  imagePullSecrets: array(object({ name: string({ pattern: K8S_NAME }) }, { required: ['name'] }), { maxItems: 16,
+    description: 'Secrets (in the Fleet\'s namespace) for pulling the worker, router and managed Redis images from a private registry.' }),
   budgetRef: object({ name: string({ pattern: K8S_NAME }) }, { required: ['name'],
     description: 'The KVBudget used when a request names none (absent: the built-in default budget).' }),
   allowedBudgets: array(string({ pattern: K8S_NAME }), { 'x-kubernetes-list-type': 'set', maxItems: 64,

@@ -145,6 +145,12 @@ const restrictedContainer = { allowPrivilegeEscalation: false, readOnlyRootFiles
 const quantities = (m: Record<string, number | string> | undefined) =>
   (m === undefined ? undefined : Object.fromEntries(Object.entries(m).map(([k, v]) => [k, String(v)])));
 
+/** The pods' imagePullSecrets (spec.imagePullSecrets), when the Fleet names any. */
+function pullSecrets(fleet: Fleet): { imagePullSecrets?: { name: string }[] } {
+  const s = fleet.spec.imagePullSecrets;
+  return s && s.length > 0 ? { imagePullSecrets: s.map(({ name }) => ({ name })) } : {};
+}
+
 function redisArgs(fleet: Fleet, url: string): string[] {
   return ['--redis', url, '--fleet', `${fleet.metadata.namespace}/${fleet.metadata.name}`,
     ...(passwordRef(fleet) ? ['--redis-password-file', `${REDIS_PASSWORD_DIR}/${REDIS_PASSWORD_KEY}`] : [])];
@@ -189,6 +195,7 @@ function workerDeployment(fleet: Fleet, url: string, o: RenderOptions, configHas
         spec: {
           serviceAccountName: n.serviceAccount,
           automountServiceAccountToken: false,
+          ...pullSecrets(fleet),
           // SIGTERM is the drain: the worker stops admitting, finishes running streams (bounded by
           // --drain-timeout-ms) and exits 0 (CONTRACTS.md, "Drain"); no preStop hook is needed because routers
           // pick workers through the ledger, where the worker marks itself draining at once, not through Endpoints
@@ -236,6 +243,7 @@ function routerDeployment(fleet: Fleet, url: string, o: RenderOptions, configHas
         spec: {
           serviceAccountName: n.serviceAccount,
           automountServiceAccountToken: false,
+          ...pullSecrets(fleet),
           securityContext: restrictedPod,
           containers: [{
             name: 'router',
@@ -275,6 +283,7 @@ function managedRedis(fleet: Fleet, o: RenderOptions): ChildObject[] {
         metadata: { labels: { ...sel, 'app.kubernetes.io/part-of': 'kvfleet' } },
         spec: {
           automountServiceAccountToken: false,
+          ...pullSecrets(fleet),
           securityContext: { runAsNonRoot: true, runAsUser: 999, runAsGroup: 999, fsGroup: 999, seccompProfile: { type: 'RuntimeDefault' } },
           containers: [{
             name: 'redis',

@@ -209,7 +209,8 @@ describe('Fleet reconciler: children', () => {
 
   it('a managed Redis gets a Deployment, a Service named as managedRedisUrl expects and a password Secret made once', async () => {
     const ns = await c.namespace();
-    await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'm', { model: { source: 'hostPath:///srv/models/tiny' } }) });
+    await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'm', { model: { source: 'hostPath:///srv/models/tiny' },
+      imagePullSecrets: [{ name: 'registry-a' }, { name: 'registry-b' }] }) });
     const op = await informersOnly(ns);
     const r = op.reconciler(FLEET_CONTROLLER);
     await r.reconcile(`${ns}/m`);
@@ -224,6 +225,11 @@ describe('Fleet reconciler: children', () => {
     const [wc] = deployment(ns, 'm-workers').spec.template.spec.containers;
     expect(wc.args).toEqual(expect.arrayContaining(['--redis', `redis://m-redis.${ns}.svc:6379`, '--redis-password-file']));
     expect(deployment(ns, 'm-workers').spec.template.spec.volumes).toContainEqual({ name: 'model', hostPath: { path: '/srv/models/tiny', type: 'Directory' } });
+    // a private registry: every pod the Fleet runs carries its pull Secrets
+    for (const d of ['m-workers', 'm-router', 'm-redis']) {
+      expect((deployment(ns, d).spec.template.spec as { imagePullSecrets?: JsonObject[] }).imagePullSecrets, d)
+        .toEqual([{ name: 'registry-a' }, { name: 'registry-b' }]);
+    }
     expect(deployment(ns, 'm-redis').spec.template.spec.containers[0].env).toEqual([{ name: 'REDIS_PASSWORD',
       valueFrom: { secretKeyRef: { name: 'm-redis', key: 'password' } } }]);
     c.server.clearCalls();
