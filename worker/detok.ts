@@ -7,6 +7,12 @@
 //   half-way (flush() emits whatever is left, U+FFFD included, when the stream ends).
 // - A suffix that could be the start of a stop string is held back too, so emitted text never contains any part of
 //   a stop string; on a match the text up to the stop string is emitted and the stream is stopped.
+// - Resume (CONTRACTS.md): the client of a migrated stream holds exactly the text the first worker had emitted after
+//   pushing the resume tokens one by one (one token per message, each message's text final) — not the decode of
+//   those tokens, which may go further (a held-back partial stop string or partial UTF-8 character). The resumed
+//   stream replays the resume tokens through the same pushes, discarding their text, so its state (emitted text, held
+//   tail, stop search) is the first worker's at the cut; what it emits afterwards is what the uninterrupted stream
+//   would have, and first part + resumed part = the uninterrupted text, a stop string spanning the cut included.
 import type { Tokenizer } from './tokenizer.ts';
 
 const REPLACEMENT = '\uFFFD';
@@ -21,24 +27,30 @@ export class TextStream {
   private readonly tok: Tokenizer;
   private readonly stops: string[];
   private readonly maxStop: number;
-  private readonly ids: number[];
-  private readonly searchFrom: number;
-  private emitted: string;
+  private readonly ids: number[] = [];
+  private emitted = '';
   private stoppedAt = -1;
+  /** length of the text the client already had at the cut (the primed pushes' text) */
+  private readonly primedLength: number;
+  /** The prime itself ended in a stop string: the first worker's stream had stopped at the cut. */
+  readonly stoppedInPrime: boolean;
 
-  /** prime: tokens the client already has (resume_token_ids); their text is not emitted again. */
+  /**
+   * prime: tokens the client already has (resume_token_ids), replayed as pushes whose text is discarded (the client
+   * has it). A stream whose prime already matched a stop string is stopped from the start (stoppedInPrime).
+   */
   constructor(tok: Tokenizer, stops: string[], prime: number[] = []) {
     this.tok = tok;
     this.stops = stops.filter((s) => s.length > 0);
     this.maxStop = Math.max(0, ...this.stops.map((s) => s.length));
-    this.ids = [...prime];
-    this.emitted = stripTrailingReplacement(this.decode());
-    this.searchFrom = this.emitted.length;
+    for (const id of prime) if (this.push(id).stopped) break;
+    this.primedLength = this.emitted.length;
+    this.stoppedInPrime = this.stopped;
   }
 
   get stopped(): boolean { return this.stoppedAt >= 0; }
   /** All text emitted so far (after the primed part's). */
-  get text(): string { return this.emitted.slice(this.searchFrom); }
+  get text(): string { return this.emitted.slice(this.primedLength); }
 
   /** Adds one generated token; returns the text that became final and whether a stop string matched. */
   push(id: number): { text: string; stopped: boolean } {
@@ -51,7 +63,7 @@ export class TextStream {
     const stable = stripTrailingReplacement(full);
     let cut = -1;
     for (const s of this.stops) {
-      const i = stable.indexOf(s, this.searchFrom);
+      const i = stable.indexOf(s);
       if (i >= 0 && (cut < 0 || i < cut)) cut = i;
     }
     if (cut >= 0) {

@@ -38,6 +38,10 @@ export interface SchedRequest {
   spec: ResolvedBudgetSpec;
   /** Tokens the client already has (CONTRACTS.md, Resume): replayed, not streamed. */
   resume: number[];
+  /** The client's stream had already stopped at the last resume token (a stop string matched in their text, and the
+   *  first worker failed before its final message): finish with STOP once they are replayed, sampling nothing, as
+   *  the uninterrupted stream did at that token. */
+  stopAfterResume?: boolean;
 }
 
 /** Where a request's results go. Called from the scheduler loop, never during a step. */
@@ -404,6 +408,7 @@ export class Scheduler {
             continue;
           }
           e.replayLeft--;
+          if (e.replayLeft === 0 && e.req.stopAfterResume === true) stop = true;
         } else {
           e.generated.push(r.token);
           if (!e.cancelled) stop = e.sink.token(r.token);

@@ -217,6 +217,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       try {
         handle = scheduler.submit({
           requestId, prompt: parsed.prompt, resume: parsed.resume, spec: parsed.spec, budget: parsed.budget,
+          stopAfterResume: text.stoppedInPrime,
           sampling: {
             maxNewTokens: parsed.maxNewTokens, seed: parsed.seed, ignoreEos: parsed.ignoreEos,
             ...(parsed.temperature !== undefined ? { temperature: parsed.temperature } : {}),
