@@ -216,7 +216,10 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       const t0 = Date.now();
       let lastToken = 0;
       let deadlineTimer: NodeJS.Timeout | undefined;
-      let handle;
+      // backpressure: once call.write reports the stream's buffer full (a client reading slower than tokens come),
+      // this request's decodes wait until it drains; a bounded buffer per stream, the batch goes on
+      let paused = false;
+      let handle: ReturnType<typeof scheduler.submit>;
       try {
         handle = scheduler.submit({
           requestId, prompt: parsed.prompt, resume: parsed.resume, spec: parsed.spec, budget: parsed.budget,
@@ -234,9 +237,13 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
             lastToken = now;
             metrics.token();
             const r = text.push(id);
-            if (!ended && !call.cancelled) call.write({ token_ids: [id], text: r.text, worker_id: workerId });
+            if (!ended && !call.cancelled && !call.write({ token_ids: [id], text: r.text, worker_id: workerId }) && !paused) {
+              paused = true;
+              call.once('drain', () => { paused = false; handle.resume(); });
+            }
             return r.stopped;
           },
+          paused: () => paused,
           finish(reason, stats, generated) {
             if (ended) return;
             ended = true;
