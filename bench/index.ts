@@ -5,6 +5,7 @@ export interface BenchOptions { json: boolean; args: Record<string, string | boo
 export type BenchModule = { run(opts: BenchOptions): Promise<BenchReport> };
 
 export const benches: Record<string, () => Promise<BenchModule>> = {
+  detok: () => import('./detok.ts'),
   engine: () => import('./engine.ts'),
   'engine-vs-llama': () => import('./vs-llama.ts'),
   ledger: () => import('./ledger.ts'),

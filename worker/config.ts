@@ -13,7 +13,8 @@
 //   --max-running N            KVFLEET_MAX_RUNNING         running sequences at most, default 256
 //   --max-model-len N          KVFLEET_MAX_MODEL_LEN       prompt + max_new_tokens at most, default the model's context
 //   --admission reserve|optimistic  KVFLEET_ADMISSION      default reserve (ARCHITECTURE.md, "Footprint formula")
-//   --max-queue N              KVFLEET_MAX_QUEUE           waiting requests at most (RESOURCE_EXHAUSTED past it), default 1024
+//   --max-queue N              KVFLEET_MAX_QUEUE           waiting requests at most (RESOURCE_EXHAUSTED past it), default 1024,
+//                                                          at least 1 (every request passes through the queue)
 //   --max-prefill-tokens N     KVFLEET_MAX_PREFILL_TOKENS  prefill work per step, in prompt tokens × all layers, default 2048
 //   --worker-id ID             KVFLEET_WORKER_ID           default POD_NAME, else host:port (CONTRACTS.md, "Worker identity")
 //   --metrics-port N           KVFLEET_METRICS_PORT        Prometheus port (served from Worker II on), default 9400, 0 = off
@@ -22,7 +23,8 @@
 //   --redis URL                KVFLEET_REDIS_URL           the fleet's ledger (redis:// or rediss://)
 //   --redis-password-file F    KVFLEET_REDIS_PASSWORD_FILE Redis password, read from a file (never from a flag)
 //   --fleet NS/NAME            KVFLEET_FLEET               the fleet whose ledger keys this worker joins
-//   --heartbeat-ms N           KVFLEET_HEARTBEAT_MS        ledger heartbeat period, default 500
+//   --heartbeat-ms N           KVFLEET_HEARTBEAT_MS        ledger heartbeat period, default 500, 10 to 1000 (at most a
+//                                                          third of the ledger's 3000 ms worker TTL, CONTRACTS.md)
 //   --budget-refresh-ms N      KVFLEET_BUDGET_REFRESH_MS   full re-read of the fleet's budgets, default 5000 (events
 //                                                          on the channel apply at once; this heals missed ones)
 //   --drain-timeout-ms N       KVFLEET_DRAIN_TIMEOUT_MS    after SIGTERM, how long running work may take, default 600000
@@ -34,6 +36,7 @@
 // With none of --kv-memory / --kv-memory-fraction / --num-pages the pool takes a fraction of free memory:
 // 0.9 of the device's memory with CUDA (Fleet's kvMemoryFraction default), 0.5 of free host memory on CPU.
 import { z } from 'zod';
+import { DEFAULTS } from '../ledger/types.ts';
 
 export const ADMISSION = ['reserve', 'optimistic'] as const;
 export type Admission = (typeof ADMISSION)[number];
@@ -95,6 +98,10 @@ const bytes = z.union([z.number(), z.string()]).transform((v, ctx) => {
 });
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
 
+/** The longest heartbeat period: a third of the ledger's worker TTL, so two heartbeats may be late or lost before a
+ *  live worker's hash expires and routers stop picking it. */
+export const MAX_HEARTBEAT_MS = Math.floor(DEFAULTS.workerTtlMs / 3);
+
 export const WorkerConfigSchema = z.object({
   model: z.string().min(1, 'is required (a model directory)'),
   port: int(0, 65535),
@@ -107,7 +114,8 @@ export const WorkerConfigSchema = z.object({
   maxRunning: int(1).default(256),
   maxModelLen: int(1).optional(),
   admission: z.enum(ADMISSION).default('reserve'),
-  maxQueue: int(0).default(1024),
+  maxQueue: int(0).min(1, 'must be at least 1: every request waits in the queue, however briefly, before it is '
+    + 'admitted, so 0 would refuse them all').default(1024),
   maxPrefillTokens: int(1).default(2048),
   workerId: z.string().min(1).optional(),
   metricsPort: int(0, 65535).default(9400),
@@ -116,7 +124,9 @@ export const WorkerConfigSchema = z.object({
   redisPasswordFile: z.string().min(1).optional(),
   // the ledger's hash tag {NS/NAME} breaks on whitespace, braces or a second slash (ledger/keys.ts)
   fleet: z.string().regex(/^[^\s{}/]+\/[^\s{}/]+$/, 'must be NAMESPACE/NAME (no whitespace, braces or other slashes)').optional(),
-  heartbeatMs: int(10, 60_000).default(500),
+  heartbeatMs: int(10).max(MAX_HEARTBEAT_MS, `must be at most ${MAX_HEARTBEAT_MS} ms, a third of the ledger's worker TTL `
+    + `(${DEFAULTS.workerTtlMs} ms): with a longer period the worker's ledger entry expires between heartbeats and `
+    + 'routers stop sending it requests').default(500),
   budgetRefreshMs: int(100, 3_600_000).default(5000),
   drainTimeoutMs: int(0).default(600_000),
   authTokenFile: z.string().min(1).optional(),

@@ -1,7 +1,8 @@
 // The scheduler: one loop owns the engine. Each iteration, between two steps, it (1) releases cancelled
 // sequences, (2) admits waiting requests that fit, (3) runs ONE engine step with every running decode plus the
 // prefill work that fits the step's prefill budget (a long prompt gets maxLayers, ENGINE.md "Batching"), then
-// (4) hands new tokens to their streams, finishes, and preempts. addSequence/release/seqStats are only ever called
+// (4) hands new tokens to their streams, finishes, and preempts. A decode whose client stream is full (the sink is
+// paused: backpressure) sits steps out, keeping its pages, until the stream drains; the others go on. addSequence/release/seqStats are only ever called
 // here, between steps, which is what the Engine class requires.
 //
 // Admission (ARCHITECTURE.md, "Footprint formula"; pages from ledger/footprint.ts, never re-derived):
@@ -38,6 +39,10 @@ export interface SchedRequest {
   spec: ResolvedBudgetSpec;
   /** Tokens the client already has (CONTRACTS.md, Resume): replayed, not streamed. */
   resume: number[];
+  /** The client's stream had already stopped at the last resume token (a stop string matched in their text, and the
+   *  first worker failed before its final message): finish with STOP once they are replayed, sampling nothing, as
+   *  the uninterrupted stream did at that token. */
+  stopAfterResume?: boolean;
 }
 
 /** Where a request's results go. Called from the scheduler loop, never during a step. */
@@ -48,12 +53,17 @@ export interface Sink {
   finish(reason: FinishReason, stats: SeqStats, generated: number[]): void;
   /** The request failed (e.g. the engine rejected its arguments at admission). */
   fail(err: Error): void;
+  /** The client takes tokens slower than they come (its stream's buffer is full): the request's decodes wait,
+   *  holding their pages, while the rest of the batch goes on; RequestHandle.resume() when it has drained. */
+  paused?(): boolean;
 }
 
 export interface RequestHandle {
   /** Client cancellation or deadline: a waiting request leaves the queue now, a running one releases its pages at
    *  the next point between steps. Idempotent; nothing is sent to the sink afterwards. */
   cancel(): void;
+  /** The sink is no longer paused: its decodes join the next step. */
+  resume(): void;
 }
 
 export interface SchedulerOptions {
@@ -94,6 +104,10 @@ export interface StepStats {
   cancelled: number;
   maxRunning: number;
   maxWaiting: number;
+  /** Decodes left out of a step because their client's stream was full (backpressure). */
+  pausedDecodes: number;
+  /** Times the loop waited because every running request was paused. */
+  pausedWaits: number;
 }
 
 export interface CapacitySnapshot {
@@ -154,7 +168,7 @@ export class Scheduler {
   private snap: CapacitySnapshot;
   private readonly st: StepStats = {
     steps: 0, maxSequencesInStep: 0, maxResidentInStep: 0, maxDecodeRowsInStep: 0, splitPrefillSteps: 0, decodesDuringSplitPrefill: 0,
-    preemptions: 0, admitted: 0, finished: 0, cancelled: 0, maxRunning: 0, maxWaiting: 0,
+    preemptions: 0, admitted: 0, finished: 0, cancelled: 0, maxRunning: 0, maxWaiting: 0, pausedDecodes: 0, pausedWaits: 0,
   };
 
   constructor(engine: Engine, opts: SchedulerOptions) {
@@ -216,7 +230,7 @@ export class Scheduler {
     this.waiting.push(e);
     this.st.maxWaiting = Math.max(this.st.maxWaiting, this.waiting.length);
     this.wake();
-    return { cancel: () => this.cancel(e) };
+    return { cancel: () => this.cancel(e), resume: () => this.wake() };
   }
 
   /** Request ids waiting in the queue, in order (the ledger keeps their reservations alive). */
@@ -284,6 +298,13 @@ export class Scheduler {
         continue;
       }
       const batch = this.plan();
+      if (batch.length === 0) {
+        // every running request is a decode whose client is not reading: wait for one to drain (or a cancel, or
+        // a new request)
+        this.st.pausedWaits++;
+        await new Promise<void>((r) => { this.wakeUp = r; });
+        continue;
+      }
       let res: StepResult;
       try {
         res = await this.engine.step(batch, false);
@@ -349,10 +370,15 @@ export class Scheduler {
     return e.admitPages <= free - committed;
   }
 
-  /** Every running decode, then prefills in arrival order while the step's prefill budget lasts. */
+  /** Every running decode whose client is not paused, then prefills in arrival order while the step's prefill
+   *  budget lasts. */
   private plan(): Array<{ id: number; maxLayers?: number }> {
     const batch: Array<{ id: number; maxLayers?: number }> = [];
-    for (const e of this.running) if (!e.prefilling) batch.push({ id: e.seq });
+    for (const e of this.running) {
+      if (e.prefilling) continue;
+      if (e.sink.paused?.() === true) { this.st.pausedDecodes++; continue; }
+      batch.push({ id: e.seq });
+    }
     let budget = this.opts.maxPrefillTokens * this.L;  // token·layers
     let prefills = 0;
     for (const e of this.running) {
@@ -404,6 +430,7 @@ export class Scheduler {
             continue;
           }
           e.replayLeft--;
+          if (e.replayLeft === 0 && e.req.stopAfterResume === true) stop = true;
         } else {
           e.generated.push(r.token);
           if (!e.cancelled) stop = e.sink.token(r.token);

@@ -33,6 +33,9 @@ import { WorkerMetrics } from './metrics.ts';
 import { bearerAuthInterceptor, readSecretFile, serverCredentials } from './security.ts';
 import type { Ledger } from '../ledger/index.ts';
 
+/** A call cancelled this close to its deadline (or after it) is counted as DEADLINE_EXCEEDED, not CANCELLED. */
+const DEADLINE_SLACK_MS = 20;
+
 /** grpc.max_receive_message_length: larger requests are refused by grpc-js with RESOURCE_EXHAUSTED. */
 export const MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
 
@@ -213,10 +216,14 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       const t0 = Date.now();
       let lastToken = 0;
       let deadlineTimer: NodeJS.Timeout | undefined;
-      let handle;
+      // backpressure: once call.write reports the stream's buffer full (a client reading slower than tokens come),
+      // this request's decodes wait until it drains; a bounded buffer per stream, the batch goes on
+      let paused = false;
+      let handle: ReturnType<typeof scheduler.submit>;
       try {
         handle = scheduler.submit({
           requestId, prompt: parsed.prompt, resume: parsed.resume, spec: parsed.spec, budget: parsed.budget,
+          stopAfterResume: text.stoppedInPrime,
           sampling: {
             maxNewTokens: parsed.maxNewTokens, seed: parsed.seed, ignoreEos: parsed.ignoreEos,
             ...(parsed.temperature !== undefined ? { temperature: parsed.temperature } : {}),
@@ -230,9 +237,13 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
             lastToken = now;
             metrics.token();
             const r = text.push(id);
-            if (!ended && !call.cancelled) call.write({ token_ids: [id], text: r.text, worker_id: workerId });
+            if (!ended && !call.cancelled && !call.write({ token_ids: [id], text: r.text, worker_id: workerId }) && !paused) {
+              paused = true;
+              call.once('drain', () => { paused = false; handle.resume(); });
+            }
             return r.stopped;
           },
+          paused: () => paused,
           finish(reason, stats, generated) {
             if (ended) return;
             ended = true;
@@ -255,20 +266,28 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       } catch (err) { fail(err); return; }
       rlog.debug({ prompt_tokens: parsed.prompt.length, max_new_tokens: parsed.maxNewTokens, footprint: fp }, 'queued');
       live.set(liveKey, (err: Error) => { if (ended) return; clearTimeout(deadlineTimer); handle.cancel(); fail(err); });
-      const cancel = (why: string) => {
+      const cancel = (code: 'CANCELLED' | 'DEADLINE_EXCEEDED') => {
         if (ended) return;
         ended = true;
         live.delete(liveKey);
-        rlog.info({ why }, 'request cancelled');
-        metrics.request('CANCELLED');
+        clearTimeout(deadlineTimer);
+        rlog.info({ code }, code === 'CANCELLED' ? 'request cancelled' : 'request cancelled: deadline exceeded');
+        metrics.request(code);
         handle.cancel();
         fleet?.rejected(requestId);  // a queued request's reservation goes now; a running one's is already gone
       };
-      call.on('cancelled', () => cancel('client cancelled'));
-      // grpc-js answers DEADLINE_EXCEEDED itself; this timer frees the request's pages at the same moment.
       const deadline = call.getDeadline();
-      const ms = deadline instanceof Date ? deadline.getTime() - Date.now() : Number(deadline) - Date.now();
-      if (Number.isFinite(ms)) deadlineTimer = setTimeout(() => cancel('deadline exceeded'), Math.max(0, ms));
+      const deadlineAt = deadline instanceof Date ? deadline.getTime() : Number(deadline);  // Infinity: none
+      // grpc-js answers DEADLINE_EXCEEDED itself when the deadline passes, then reports the call cancelled: a
+      // cancellation at the deadline (its timer may fire a few ms before Date.now() reaches it) is the deadline's
+      const onCancelled = () => cancel(Date.now() >= deadlineAt - DEADLINE_SLACK_MS ? 'DEADLINE_EXCEEDED' : 'CANCELLED');
+      call.on('cancelled', onCancelled);
+      // 'cancelled' is emitted once: a call cancelled before the listener was there would never be seen, and the
+      // request would run to the end holding its pages
+      if (call.cancelled) onCancelled();
+      // this timer frees the request's pages at the moment grpc-js answers DEADLINE_EXCEEDED
+      const ms = deadlineAt - Date.now();
+      if (!ended && Number.isFinite(ms)) deadlineTimer = setTimeout(() => cancel('DEADLINE_EXCEEDED'), Math.max(0, ms));
     },
   };
 

@@ -1,6 +1,7 @@
 // Worker options: one parse, flags over KVFLEET_* env, defaults, and messages that name flag and env variable.
 import { describe, expect, it } from 'vitest';
-import { fleetName, parseWorkerConfig, WorkerConfigError } from '../../worker/config.ts';
+import { DEFAULTS } from '../../ledger/types.ts';
+import { fleetName, MAX_HEARTBEAT_MS, parseWorkerConfig, WorkerConfigError } from '../../worker/config.ts';
 import { advertisedAddress } from '../../worker/server.ts';
 
 describe('worker options', () => {
@@ -49,6 +50,26 @@ describe('worker options', () => {
     expect(problems({ tlsCert: '/c' })).toMatch(/--tls-key \(KVFLEET_TLS_KEY\): is required with --tls-cert/);
     expect(problems({ tlsClientCa: '/ca' })).toMatch(/--tls-client-ca \(KVFLEET_TLS_CLIENT_CA\): needs --tls-cert and --tls-key/);
     expect(problems({ heartbeatMs: '0' })).toMatch(/--heartbeat-ms \(KVFLEET_HEARTBEAT_MS\)/);
+  });
+
+  it('--max-queue is at least 1 and --heartbeat-ms at most a third of the ledger worker TTL, both named in the error', () => {
+    const problems = (cli: Record<string, string>, env: NodeJS.ProcessEnv = {}) => {
+      try { parseWorkerConfig({ model: '/m', port: 1, ...cli }, env); } catch (err) { return (err as Error).message; }
+      return '';
+    };
+    // 0 made the worker refuse every request (each one passes through the queue)
+    expect(problems({ maxQueue: '0' })).toMatch(/--max-queue \(KVFLEET_MAX_QUEUE\): must be at least 1: .*0 would refuse them all/);
+    expect(problems({}, { KVFLEET_MAX_QUEUE: '0' })).toMatch(/--max-queue \(KVFLEET_MAX_QUEUE\): must be at least 1/);
+    expect(parseWorkerConfig({ model: '/m', port: 1, maxQueue: '1' }).maxQueue).toBe(1);
+    // the ledger expires a worker hash 3000 ms after its last heartbeat (DEFAULTS.workerTtlMs)
+    expect(DEFAULTS.workerTtlMs).toBe(3000);
+    for (const ms of ['1001', '3000', '10000', '60000']) {
+      expect(problems({ heartbeatMs: ms })).toMatch(/--heartbeat-ms \(KVFLEET_HEARTBEAT_MS\): must be at most 1000 ms, a third of the ledger's worker TTL \(3000 ms\)/);
+    }
+    expect(problems({}, { KVFLEET_HEARTBEAT_MS: '5000' })).toMatch(/--heartbeat-ms \(KVFLEET_HEARTBEAT_MS\): must be at most 1000 ms/);
+    expect(parseWorkerConfig({ model: '/m', port: 1, heartbeatMs: '1000' }).heartbeatMs).toBe(1000);
+    expect(parseWorkerConfig({ model: '/m', port: 1, heartbeatMs: '10' }).heartbeatMs).toBe(10);
+    expect(MAX_HEARTBEAT_MS).toBe(1000);
   });
 
   it('the ledger address is POD_IP:port in a pod, else 127.0.0.1:port for a wildcard bind, else host:port', () => {
