@@ -163,7 +163,7 @@ export async function runGenerate(f: GenerateFlags, io: Io = process): Promise<G
     const finishName = FINISH_NAMES[finish];
     if (!finishName) throw new Error(`sequence ended with finish code ${finish}`);
     if (!f.json) io.stdout.write(decoder.flush());
-    const text = f.json ? tok.decode(tokens) : decoder.text;
+    const text = f.json ? tok.decode(tokens, true, false) : decoder.text;
     const out: GenerateOutput = {
       prompt_token_ids: promptIds, token_ids: tokens, text, seed, finish_reason: finishName,
       kv: { kept_tokens: stats.keptTokens, full_tokens: stats.fullTokens, min_head_tokens: stats.minHeadTokens,

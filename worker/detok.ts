@@ -174,6 +174,7 @@ export class TextStream {
   }
 
   private decodeFrom(start: number): string {
-    return start >= this.ids.length ? '' : this.tok.decode(start === 0 ? this.ids : this.ids.slice(start));
+    // without clean_up_tokenization_spaces (Tokenizer.decode): a stream's text must only ever grow
+    return start >= this.ids.length ? '' : this.tok.decode(start === 0 ? this.ids : this.ids.slice(start), true, false);
   }
 }

@@ -11,7 +11,7 @@ export class TokenizerError extends Error {
 interface HfEncoding { ids: number[] }
 interface HfTokenizerApi {
   encode(text: string, opts?: { add_special_tokens?: boolean }): HfEncoding;
-  decode(ids: number[], opts?: { skip_special_tokens?: boolean }): string;
+  decode(ids: number[], opts?: { skip_special_tokens?: boolean; clean_up_tokenization_spaces?: boolean }): string;
   get_vocab(withAdded?: boolean): Map<string, number>;
 }
 
@@ -63,7 +63,15 @@ export class Tokenizer {
   /** Token ids of text, with the special tokens tokenizer_config.json asks for (e.g. a leading BOS). */
   encode(text: string): number[] { return Array.from(this.tok.encode(text).ids); }
 
-  decode(ids: number[], skipSpecial = true): string { return this.tok.decode(ids, { skip_special_tokens: skipSpecial }); }
+  /**
+   * Text of ids. `cleanup` overrides tokenizer_config.json's clean_up_tokenization_spaces (on when the key is
+   * missing, as in the Python library), which rewrites text already produced (" ." -> ".") and so cannot be
+   * streamed: streams decode with cleanup off, as vLLM's incremental detokenizer does, and so does every text a
+   * client gets, so the streamed text and a whole decode agree.
+   */
+  decode(ids: number[], skipSpecial = true, cleanup?: boolean): string {
+    return this.tok.decode(ids, { skip_special_tokens: skipSpecial, ...(cleanup !== undefined ? { clean_up_tokenization_spaces: cleanup } : {}) });
+  }
 }
 
 /**
@@ -79,7 +87,7 @@ export class IncrementalDecoder {
   /** Adds tokens; returns the text that became final. */
   push(...ids: number[]): string {
     this.ids.push(...ids);
-    const text = this.tok.decode(this.ids);
+    const text = this.tok.decode(this.ids, true, false);
     if (text.endsWith('\uFFFD')) return '';
     const out = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
     this.emitted = text;
@@ -88,7 +96,7 @@ export class IncrementalDecoder {
 
   /** Whatever is left at the end of the stream (a trailing incomplete character is emitted as U+FFFD). */
   flush(): string {
-    const text = this.tok.decode(this.ids);
+    const text = this.tok.decode(this.ids, true, false);
     const out = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
     this.emitted = text;
     return out;
