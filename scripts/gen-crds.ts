@@ -1,4 +1,5 @@
-// Writes the CRD YAML (manifests/crds/, charts/kvfleet/crds/) from the schemas in operator/api/v1alpha1.ts.
+// Writes the CRD YAML (manifests/crds/, charts/kvfleet/crds/) and the example specs of charts/kvfleet/values.schema.json
+// from the schemas in operator/api/v1alpha1.ts.
 //   node_modules/.bin/node scripts/gen-crds.ts          write the files
 //   node_modules/.bin/node scripts/gen-crds.ts --check  exit 1 (naming the files) when a committed copy is stale
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';

@@ -17,6 +17,7 @@ describe('generated CRD YAML', () => {
     const files = renderCrdFiles();
     expect([...files.keys()].sort()).toEqual([
       'charts/kvfleet/crds/fleets.kvfleet.io.yaml', 'charts/kvfleet/crds/kvbudgets.kvfleet.io.yaml',
+      'charts/kvfleet/values.schema.json',
       'manifests/crds/fleets.kvfleet.io.yaml', 'manifests/crds/kvbudgets.kvfleet.io.yaml',
     ]);
     for (const [rel, text] of files) {

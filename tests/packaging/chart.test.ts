@@ -274,6 +274,12 @@ describe('values.schema.json rejects bad values, naming the field', () => {
     ['an example Fleet in another namespace than the chart Redis\'s password Secret',
       ['--set', 'examples.enabled=true', '--set', 'examples.namespace=serving'],
       /examples.namespace "serving": the example Fleet would use the chart's Redis, whose password Secret "kvfleet-redis" lives in the release namespace/],
+    // the example specs' schemas are generated from the CRDs: what the API server would refuse fails the install first
+    ['an example Fleet with minReplicas 0 (the CRD\'s minimum is 1)', ['--set', 'examples.fleet.spec.autoscaling.minReplicas=0'],
+      /at '\/examples\/fleet\/spec\/autoscaling\/minReplicas': minimum: got 0, want 1/],
+    ['an example Fleet with pageSize 4096', ['--set', 'examples.fleet.spec.engine.pageSize=4096'], /at '\/examples\/fleet\/spec\/engine\/pageSize': maximum/],
+    ['an example KVBudget with an even poolKernel', ['--set', 'examples.budget.spec.poolKernel=4'], /at '\/examples\/budget\/spec\/poolKernel': 'not' failed/],
+    ['a misspelt key in the example Fleet spec', ['--set', 'examples.fleet.spec.enginee.pageSize=4'], /additional properties 'enginee' not allowed/],
     ['a bad monitoring namespace', ['--set', 'networkPolicy.monitoringNamespace=Mon_itoring'], /at '\/networkPolicy\/monitoringNamespace': .*does not match pattern/],
   ];
   for (const [what, args, message] of cases) {
