@@ -9,7 +9,8 @@ import { requestFootprintPages } from '../ledger/footprint.ts';
 import type { BudgetSpec } from '../proto/index.ts';
 import { Engine, Finish, type EngineBudget, type EngineOptions, type EngineSampling, type FinishCode,
   type SeqStats } from '../worker/engine.ts';
-import { IncrementalDecoder, Tokenizer } from '../worker/tokenizer.ts';
+import { TextStream } from '../worker/detok.ts';
+import { Tokenizer } from '../worker/tokenizer.ts';
 import type { GenerateFlags } from './commands/generate.ts';
 
 /** A flag combination that cannot work; the message names the flags. */
@@ -131,7 +132,7 @@ export async function runGenerate(f: GenerateFlags, io: Io = process): Promise<G
       if (id >= engine.info.vocabSize) throw new GenerateUsageError(`--stop-id ${id} is outside the vocabulary [0, ${engine.info.vocabSize})`);
     }
     const id = engine.addSequence(promptIds, sampling, budget);
-    const decoder = new IncrementalDecoder(tok);
+    const decoder = new TextStream(tok, []);   // constant work per token
     const tokens: number[] = [];
     let finish: FinishCode = Finish.None;
     let prefillMs = 0;
@@ -149,7 +150,7 @@ export async function runGenerate(f: GenerateFlags, io: Io = process): Promise<G
         if (r.prefillDone) prefillMs = performance.now() - t0;
         if (r.token >= 0) {
           tokens.push(r.token);
-          if (!f.json) io.stdout.write(decoder.push(r.token));
+          if (!f.json) io.stdout.write(decoder.push(r.token).text);
         }
         finish = r.finish;
       }

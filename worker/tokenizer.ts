@@ -73,34 +73,3 @@ export class Tokenizer {
     return this.tok.decode(ids, { skip_special_tokens: skipSpecial, ...(cleanup !== undefined ? { clean_up_tokenization_spaces: cleanup } : {}) });
   }
 }
-
-/**
- * UTF-8-safe incremental detokenization: decodes the whole id list each time and emits only the new, stable
- * suffix; text ending in an incomplete multi-byte character (U+FFFD at the end) is held back until it completes.
- */
-export class IncrementalDecoder {
-  private ids: number[] = [];
-  private emitted = '';
-  private readonly tok: Tokenizer;
-  constructor(tok: Tokenizer) { this.tok = tok; }
-
-  /** Adds tokens; returns the text that became final. */
-  push(...ids: number[]): string {
-    this.ids.push(...ids);
-    const text = this.tok.decode(this.ids, true, false);
-    if (text.endsWith('\uFFFD')) return '';
-    const out = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
-    this.emitted = text;
-    return out;
-  }
-
-  /** Whatever is left at the end of the stream (a trailing incomplete character is emitted as U+FFFD). */
-  flush(): string {
-    const text = this.tok.decode(this.ids, true, false);
-    const out = text.startsWith(this.emitted) ? text.slice(this.emitted.length) : '';
-    this.emitted = text;
-    return out;
-  }
-
-  get text(): string { return this.emitted; }
-}
