@@ -207,9 +207,11 @@ export class RedisLedger implements Ledger {
     checkPolicy(policy);
     const tokens = opts.promptTokens ?? 0;
     checkPages('pick promptTokens', tokens, 0);
+    const exclude = opts.exclude ?? [];
+    for (const id of exclude) checkWorkerId(id);
     // p2c's randomness comes from the client as a seed: the script is deterministic given its arguments.
     const reply = await this.run(SCRIPTS.pick, this.fleetScriptKeys, [this.keys.prefix, needPages, requestId, ttl, policy,
-      policy === 'p2c' ? randomInt(1, 2 ** 31 - 1) : 0, tokens]) as unknown[] | null;
+      policy === 'p2c' ? randomInt(1, 2 ** 31 - 1) : 0, tokens, ...exclude]) as unknown[] | null;
     if (reply === null) return null;
     if (!Array.isArray(reply) || reply.length !== 3) throw new LedgerError('invalid_reply', `ledger pick: unexpected reply ${JSON.stringify(reply)}`);
     return { worker_id: String(reply[0]), addr: String(reply[1]), effective_free_after: toInt(reply[2], 'pick') };

@@ -68,6 +68,9 @@ export interface PickOptions {
   /** The request's prompt tokens, kept with the reservation: prefill work the worker has been promised (what
    *  least-prefill weighs); default 0. */
   promptTokens?: number;
+  /** Worker ids not to choose (those this request already failed on): the pick chooses among the other workers as
+   *  if these were absent, and leaves their index entries as they were. Default none. */
+  exclude?: readonly string[];
 }
 
 export interface PickResult {
@@ -174,8 +177,8 @@ export interface Ledger {
    *  those of queued ones; a draining worker leaves the pick index. Atomic. */
   heartbeat(workerId: string, fields: WorkerFields, opts?: HeartbeatOptions): Promise<HeartbeatResult>;
   /** Chooses a live, non-draining worker with effective_free ≥ needPages by policy and reserves needPages on it
-   *  for requestId; null when none fits. Atomic. Picking the same request id again on the same worker replaces
-   *  its reservation. */
+   *  for requestId, never one in opts.exclude; null when none fits. Atomic. Picking the same request id again on
+   *  the same worker replaces its reservation. */
   pick(needPages: number, requestId: string, opts?: PickOptions): Promise<PickResult | null>;
   /** Drops a reservation; returns the pages it held, 0 if there was none (idempotent). Atomic. */
   release(workerId: string, requestId: string): Promise<number>;

@@ -308,17 +308,15 @@ export class Router {
     for (;;) {
       let picked: PickResult | null = null;
       try {
-        if (!this.degraded) picked = await this.ledger.pick(need, requestId, { policy: this.config.policy as PickPolicy, ttlMs: this.config.reservationTtlMs, promptTokens });
+        if (!this.degraded) {
+          picked = await this.ledger.pick(need, requestId, { policy: this.config.policy as PickPolicy,
+            ttlMs: this.config.reservationTtlMs, promptTokens, exclude: [...exclude] });
+        }
       } catch (err) {
         if (!(err instanceof LedgerError && err.code === 'unavailable')) throw err;
         this.setDegraded(true);
       }
       if (this.degraded) picked = this.pickDegraded(need, promptTokens, requestId, exclude);
-      if (picked && exclude.has(picked.worker_id)) {
-        // a worker this request already failed on: give its reservation back and look again shortly
-        await this.releaseQuietly(picked.worker_id, requestId);
-        picked = null;
-      }
       if (picked) {
         this.m.pick.observe((performance.now() - t0) / 1000);
         return picked;
