@@ -82,11 +82,23 @@ export function chooseDegraded(workers: readonly WorkerSnapshot[], need: number,
 const SEED_POOL_BYTES = 8 * 128;
 let seedPool = Buffer.alloc(0);
 let seedOffset = 0;
-function randomSeed(): string {
+function random64(): bigint {
   if (seedOffset + 8 > seedPool.length) { seedPool = randomBytes(SEED_POOL_BYTES); seedOffset = 0; }
-  const seed = seedPool.readBigUInt64BE(seedOffset);
+  const v = seedPool.readBigUInt64BE(seedOffset);
   seedOffset += 8;
-  return seed.toString();
+  return v;
+}
+function randomSeed(): string { return random64().toString(); }
+
+/**
+ * The ledger reservation id of one attempt of a request: the client's request id (which several requests in flight
+ * may share: a retried call, an id reused per conversation) plus 64 random bits, so two requests never share, replace
+ * or release each other's reservation. The router forwards it to the worker as the request's request_id, which is how
+ * the worker names the reservation in its heartbeats (admitted / rejected / queued; worker/fleet.ts); the client's id
+ * stays its prefix, so worker logs still lead back to it.
+ */
+export function reservationId(requestId: string): string {
+  return `${requestId}/${random64().toString(36)}`;
 }
 
 export class Router {
@@ -104,7 +116,7 @@ export class Router {
   private budgets: { all: Record<string, BudgetSpec>; def: string | null } | undefined;
   private liveRouters = 1;
   private degraded = false;
-  // degraded-mode reservations made by this router: worker id -> request id -> pages and prompt tokens
+  // degraded-mode reservations made by this router: worker id -> reservation id -> pages and prompt tokens
   private readonly localReserved = new Map<string, Map<string, DegradedReservation>>();
   private timers: NodeJS.Timeout[] = [];
   private metricsServer: http.Server | undefined;
@@ -299,9 +311,10 @@ export class Router {
     }
   }
 
-  /** Picks a worker with room, waiting up to maxQueueMs; degraded mode picks from the last snapshot. promptTokens
-   *  go with the reservation (the prefill work promised to the worker, which least-prefill weighs). */
-  private async place(need: number, promptTokens: number, requestId: string, exclude: Set<string>): Promise<PickResult> {
+  /** Picks a worker with room and reserves `need` pages there under reservation id `rid` (reservationId), waiting up
+   *  to maxQueueMs; degraded mode picks from the last snapshot. promptTokens go with the reservation (the prefill
+   *  work promised to the worker, which least-prefill weighs). */
+  private async place(need: number, promptTokens: number, rid: string, exclude: Set<string>): Promise<PickResult> {
     const t0 = performance.now();
     const deadline = Date.now() + this.config.maxQueueMs;
     let wait = 10;
@@ -309,14 +322,14 @@ export class Router {
       let picked: PickResult | null = null;
       try {
         if (!this.degraded) {
-          picked = await this.ledger.pick(need, requestId, { policy: this.config.policy as PickPolicy,
+          picked = await this.ledger.pick(need, rid, { policy: this.config.policy as PickPolicy,
             ttlMs: this.config.reservationTtlMs, promptTokens, exclude: [...exclude] });
         }
       } catch (err) {
         if (!(err instanceof LedgerError && err.code === 'unavailable')) throw err;
         this.setDegraded(true);
       }
-      if (this.degraded) picked = this.pickDegraded(need, promptTokens, requestId, exclude);
+      if (this.degraded) picked = this.pickDegraded(need, promptTokens, rid, exclude);
       if (picked) {
         this.m.pick.observe((performance.now() - t0) / 1000);
         return picked;
@@ -331,19 +344,19 @@ export class Router {
   }
 
   /** Degraded pick from the last snapshot (chooseDegraded), reserved locally until released. */
-  private pickDegraded(need: number, promptTokens: number, requestId: string, exclude: Set<string>): PickResult | null {
+  private pickDegraded(need: number, promptTokens: number, rid: string, exclude: Set<string>): PickResult | null {
     const best = chooseDegraded(this.snapshot?.workers ?? [], need, this.config.policy as PickPolicy, this.liveRouters,
       this.localReserved, exclude);
     if (!best) return null;
     let m = this.localReserved.get(best.w.worker_id);
     if (!m) this.localReserved.set(best.w.worker_id, (m = new Map()));
-    m.set(requestId, { pages: need, promptTokens });
+    m.set(rid, { pages: need, promptTokens });
     return { worker_id: best.w.worker_id, addr: best.w.addr, effective_free_after: best.room - need };
   }
 
-  private async releaseQuietly(workerId: string, requestId: string): Promise<void> {
-    this.localReserved.get(workerId)?.delete(requestId);
-    try { await this.ledger.release(workerId, requestId); } catch { /* expires on its own */ }
+  private async releaseQuietly(workerId: string, rid: string): Promise<void> {
+    this.localReserved.get(workerId)?.delete(rid);
+    try { await this.ledger.release(workerId, rid); } catch { /* expires on its own */ }
   }
 
   private async generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>): Promise<void> {
@@ -395,11 +408,12 @@ export class Router {
     for (let attempt = 1; ; attempt++) {
       const need = requestFootprintPages(await this.shape(Date.now() + this.config.maxQueueMs), spec, prompt.length, m);
       const pickStart = performance.now();
-      const picked = await this.place(need, prompt.length, requestId, exclude);
+      const rid = reservationId(requestId);
+      const picked = await this.place(need, prompt.length, rid, exclude);
       const placed = performance.now();
       let forwarded = 0;
       const outcome = await this.forward(call, picked, {
-        request_id: requestId, token_ids: { ids: prompt }, sampling, budget: { spec }, resume_token_ids: streamed,
+        request_id: rid, token_ids: { ids: prompt }, sampling, budget: { spec }, resume_token_ids: streamed,
       }, () => { forwarded = performance.now(); }, (tokens) => {
         if (firstToken && tokens.length > 0) {
           firstToken = false;
@@ -416,7 +430,7 @@ export class Router {
           this.onTiming?.(timing);
         }
       });
-      await this.releaseQuietly(picked.worker_id, requestId);
+      await this.releaseQuietly(picked.worker_id, rid);
       if (outcome.kind === 'done' || outcome.kind === 'cancelled') return;
       if (outcome.kind === 'final') throw new RouterStatusError(outcome.code, outcome.message);
       // the worker failed (it leaves the ledger until its next heartbeat) or was full: the request moves on
@@ -425,7 +439,7 @@ export class Router {
         try { await this.ledger.removeWorker(picked.worker_id); } catch { /* stale entries expire */ }
       }
       if (streamed.length > (req.resume_token_ids?.length ?? 0)) this.m.migrations.inc(); else this.m.retries.inc();
-      this.log.warn({ request: requestId, worker: picked.worker_id, attempt, tokens: streamed.length, err: outcome.message },
+      this.log.warn({ request: requestId, reservation: rid, worker: picked.worker_id, attempt, tokens: streamed.length, err: outcome.message },
         'worker failed; moving the request');
       if (attempt >= this.config.maxAttempts) {
         throw new RouterStatusError(grpc.status.UNAVAILABLE, `request ${requestId}: ${attempt} workers failed (last: ${outcome.message}); retry`);

@@ -60,15 +60,14 @@ async function fleetWith(workers: ScriptedWorker[], routerOpts: Record<string, u
   const [namespace, name] = fleet.split('/');
   const ledger = await RedisLedger.connect({ redis, namespace, fleet: name });
   cleanups.push(() => ledger.close());
-  for (const w of workers) {
-    cleanups.push(() => w.close());
-    await ledger.heartbeat(w.id, w.fields, { ttlMs: 60_000 });
-  }
+  for (const w of workers) await ledger.heartbeat(w.id, w.fields, { ttlMs: 60_000 });
   const router = await Router.start(parseRouterConfig({ port: 0, redis, fleet, metricsPort: 0, maxQueueMs: 1500, ...routerOpts }),
     pino({ level: 'silent' }));
   cleanups.push(() => router.close());
   const client = generationClient(`127.0.0.1:${router.port}`);
   cleanups.push(async () => client.close());
+  // workers go first (cleanups run last-in first-out): streams they hold open end, so the router can shut down
+  for (const w of workers) cleanups.push(() => w.close());
   return { ledger, router, client };
 }
 
@@ -92,4 +91,44 @@ describe('router placement after a worker failure', () => {
       expect(snap.workers.map((w) => [w.worker_id, w.reservations])).toEqual([['A-big', 0], ['B-small', 0]]);
     });
   }
+});
+
+describe('router reservation ids', () => {
+  it('two requests in flight with one client request_id hold two reservations; each is released alone', async () => {
+    // a worker that holds every stream open until the test ends it
+    const open: Call[] = [];
+    const w = await scriptedWorker('w1', 1000, (call) => { open.push(call); });
+    const { client, ledger } = await fleetWith([w]);
+    // 3 prompt tokens + 1581 new, full cache: 2 layers * 2 heads * (ceil(1584 / 16) + 1) = 400 pages each
+    const req = { request_id: 'conv-42', token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 1581 } };
+    const first = generate(client, req);
+    const second = generate(client, req);
+    const deadline = Date.now() + 5000;
+    while (open.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(open).toHaveLength(2);
+    let snap = await ledger.snapshot();
+    expect(snap.workers[0]).toMatchObject({ reservations: 2, reserved_pages: 800, effective_free: 200 });
+    const ids = w.received.map((r) => r.request_id ?? '');
+    // the worker is told a distinct reservation id per request, the client's id its prefix
+    expect(ids[0]).toMatch(/^conv-42\//);
+    expect(ids[1]).toMatch(/^conv-42\//);
+    expect(ids[0]).not.toBe(ids[1]);
+    // a third request of 400 pages does not fit what is left (no over-commit): it waits, then RESOURCE_EXHAUSTED
+    const third = await generate(client, req);
+    expect(third.error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    // the worker names a reservation by the request_id it was sent: admitting the first drops only that one
+    await ledger.heartbeat('w1', w.fields, { ttlMs: 60_000, admitted: [ids[0]], queued: [ids[1]] });
+    snap = await ledger.snapshot();
+    expect(snap.workers[0]).toMatchObject({ reservations: 1, reserved_pages: 400 });
+    // the first request ends: the router's release leaves the second request's reservation alone
+    open[0].write({ token_ids: [], finish_reason: 'LENGTH', worker_id: 'w1' });
+    open[0].end();
+    expect((await first).error).toBeUndefined();
+    snap = await ledger.snapshot();
+    expect(snap.workers[0]).toMatchObject({ reservations: 1, reserved_pages: 400 });
+    open[1].write({ token_ids: [], finish_reason: 'LENGTH', worker_id: 'w1' });
+    open[1].end();
+    expect((await second).error).toBeUndefined();
+    expect((await ledger.snapshot()).workers[0]).toMatchObject({ reservations: 0, reserved_pages: 0 });
+  });
 });
