@@ -318,7 +318,8 @@ export class MemoryLedger implements Ledger {
       let sum = 0; let count = 0;
       for (const r of s.reserved.get(id)?.values() ?? []) { sum += r.pages; count++; }
       workers.push({ ...w.fields, worker_id: id, heartbeat_ms: w.heartbeat_ms, reserved_pages: sum, reservations: count,
-        effective_free: w.fields.free_pages - sum, prefill_tokens: w.fields.prefill_tokens ?? 0 });
+        effective_free: w.fields.free_pages - sum, prefill_tokens: w.fields.prefill_tokens ?? 0,
+        max_model_len: w.fields.max_model_len ?? 0 });
     }
     workers.sort((a, b) => cmpBytes(a.worker_id, b.worker_id));
     return { now_ms: now, workers };

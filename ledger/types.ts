@@ -38,6 +38,11 @@ export interface WorkerFields {
    *  its layers counts the remaining fraction; requests preempted back into the queue count whole). Absent = 0;
    *  snapshots always carry it (0 when the worker published none). */
   prefill_tokens?: number;
+  /** Extension (never-fit answers): the longest sequence this worker serves, prompt + new tokens (its
+   *  --max-model-len, else the model's max_position_embeddings); a request with prompt n and max_new_tokens m where
+   *  n + m exceeds it is INVALID_ARGUMENT on the worker, so a router may answer so at once. Absent or 0 = not
+   *  published; snapshots always carry it (0 when the worker published none). */
+  max_model_len?: number;
 }
 
 export interface HeartbeatOptions {
@@ -238,6 +243,7 @@ export function checkWorkerFields(f: WorkerFields): void {
     checkPages(`worker field ${k}`, f[k], 0);
   }
   if (f.prefill_tokens !== undefined) checkPages('worker field prefill_tokens', f.prefill_tokens, 0);
+  if (f.max_model_len !== undefined) checkPages('worker field max_model_len', f.max_model_len, 0);
   if (typeof f.draining !== 'boolean') throw new TypeError('worker field draining must be a boolean');
 }
 

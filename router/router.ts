@@ -18,6 +18,7 @@ import {
   type BudgetSpec, type GenerateRequest, type GenerateResponse, type GenerationClient,
 } from '../proto/index.ts';
 import { Tokenizer } from '../worker/tokenizer.ts';
+import { DEFAULT_MAX_NEW_TOKENS } from '../worker/request.ts';
 import { bearerAuthInterceptor } from '../worker/security.ts';
 import type { RouterConfig } from './config.ts';
 import { workerGenerationClient } from './wire.ts';
@@ -311,6 +312,57 @@ export class Router {
     }
   }
 
+  /** The longest prompt + new tokens the fleet serves, as the snapshot shows it: the largest max_model_len a live
+   *  worker publishes; undefined when there is no snapshot or some live worker publishes none (only it can judge). */
+  private fleetMaxModelLen(): number | undefined {
+    const workers = this.snapshot?.workers ?? [];
+    if (workers.length === 0) return undefined;
+    let max = 0;
+    for (const w of workers) {
+      if (!w.max_model_len) return undefined;
+      max = Math.max(max, w.max_model_len);
+    }
+    return max;
+  }
+
+  /** The new tokens a request of n prompt tokens is planned with (its footprint), checked as a worker checks them
+   *  when the fleet's max_model_len is known: a prompt that leaves no room, or max_new_tokens beyond the room, is
+   *  INVALID_ARGUMENT at once (no worker could ever serve it); an absent max_new_tokens is the default within the
+   *  room, as the worker takes it. */
+  private newTokens(n: number, maxNew: number | undefined, promptField: string): number {
+    const maxLen = this.fleetMaxModelLen();
+    if (maxLen === undefined) return maxNew ?? DEFAULT_MAX_NEW_TOKENS;
+    if (n >= maxLen) {
+      throw new RouterStatusError(grpc.status.INVALID_ARGUMENT,
+        `${promptField}: the prompt has ${n} tokens; max_model_len is ${maxLen}, which leaves no room for a new token`);
+    }
+    const room = maxLen - n;
+    if (maxNew === undefined) return Math.min(DEFAULT_MAX_NEW_TOKENS, room);
+    if (maxNew > room) {
+      throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, `sampling.max_new_tokens: ${maxNew} exceeds the model's `
+        + `room: prompt ${n} + max_new_tokens ${maxNew} > max_model_len ${maxLen}`);
+    }
+    return maxNew;
+  }
+
+  /** A request whose footprint exceeds the total pages of every live worker can never be placed: INVALID_ARGUMENT
+   *  at once, as the worker answers it, instead of RESOURCE_EXHAUSTED after maxQueueMs. The snapshot is read again
+   *  first, so a larger worker that joined in the last refresh interval is seen; with no live worker known, the
+   *  request waits for one as before. */
+  private async checkCanFit(need: number, n: number, m: number, spec: BudgetSpec): Promise<void> {
+    const tooSmall = () => {
+      const workers = this.snapshot?.workers ?? [];
+      return workers.length > 0 && workers.every((w) => w.total_pages < need);
+    };
+    if (!tooSmall()) return;
+    if (!this.degraded) await this.refresh();
+    if (!tooSmall()) return;
+    const largest = Math.max(...this.snapshot!.workers.map((w) => w.total_pages));
+    throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, `prompt: can never fit: ${n} prompt tokens + max_new_tokens `
+      + `${m} under budget ${spec.method ?? 'METHOD_UNSPECIFIED'} need ${need} KV pages; the largest worker of fleet `
+      + `${this.config.fleet} has ${largest}`);
+  }
+
   /** Picks a worker with room and reserves `need` pages there under reservation id `rid` (reservationId), waiting up
    *  to maxQueueMs; degraded mode picks from the last snapshot. promptTokens go with the reservation (the prefill
    *  work promised to the worker, which least-prefill weighs). */
@@ -397,16 +449,18 @@ export class Router {
     const sampling = { ...(req.sampling ?? {}) };
     // the router fixes the seed, so a migrated stream draws the same tokens on the next worker
     if (sampling.seed === undefined) sampling.seed = randomSeed();
-    const m = sampling.max_new_tokens ?? 256;
     if (sampling.max_new_tokens !== undefined && sampling.max_new_tokens <= 0) {
       throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'sampling.max_new_tokens: must be > 0');
     }
     const spec = await this.resolveBudget(req);
+    const shape = await this.shape(Date.now() + this.config.maxQueueMs);
+    const m = this.newTokens(prompt.length, sampling.max_new_tokens, req.prompt === 'text' ? 'text' : 'token_ids.ids');
+    const need = requestFootprintPages(shape, spec, prompt.length, m);
+    await this.checkCanFit(need, prompt.length, m, spec);
     const streamed: number[] = [...(req.resume_token_ids ?? [])];
     const exclude = new Set<string>();
     let firstToken = true;
     for (let attempt = 1; ; attempt++) {
-      const need = requestFootprintPages(await this.shape(Date.now() + this.config.maxQueueMs), spec, prompt.length, m);
       const pickStart = performance.now();
       const rid = reservationId(requestId);
       const picked = await this.place(need, prompt.length, rid, exclude);

@@ -68,12 +68,17 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       expect(snap.workers[0]).toMatchObject({
         worker_id: 'w1', addr: '10.0.0.1:7000', total_pages: 1000, free_pages: 400, page_size: 16, num_layers: 2,
         num_kv_heads: 2, running: 3, waiting: 1, draining: false, reserved_pages: 30, reservations: 1, effective_free: 370,
-        prefill_tokens: 0,   // published none
+        prefill_tokens: 0, max_model_len: 0,   // published none
       });
       expect(snap.workers[0].heartbeat_ms).toBe(hb.now_ms);
       expect(snap.now_ms).toBeGreaterThanOrEqual(hb.now_ms);
       // kv_pressure = (total − free + reserved) / total = (1000 − 400 + 30) / 1000
       expect(workerPressure(snap.workers[0])).toBeCloseTo(0.63, 10);
+      // max_model_len (extension) is published by a heartbeat that carries it, and gone with one that does not
+      await ledger.heartbeat('w1', fields(400, { addr: '10.0.0.1:7000', max_model_len: 8192 }), { ttlMs: LONG });
+      expect((await ledger.snapshot()).workers[0].max_model_len).toBe(8192);
+      await ledger.heartbeat('w1', fields(400, { addr: '10.0.0.1:7000' }), { ttlMs: LONG });
+      expect((await ledger.snapshot()).workers[0].max_model_len).toBe(0);
     });
 
     it('most-free picks the largest effective free, best-fit the smallest that fits', async () => {

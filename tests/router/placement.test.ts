@@ -132,3 +132,56 @@ describe('router reservation ids', () => {
     expect((await ledger.snapshot()).workers[0]).toMatchObject({ reservations: 0, reserved_pages: 0 });
   });
 });
+
+describe('router answers for requests no worker can ever serve', () => {
+  const ids = (n: number) => Array.from({ length: n }, (_, i) => 5 + (i % 100));
+
+  it('a footprint above every live worker\'s total pages is INVALID_ARGUMENT at once, not RESOURCE_EXHAUSTED later', async () => {
+    const small = await scriptedWorker('small', 64, answer(1));
+    const large = await scriptedWorker('large', 100, answer(1), { free_pages: 0 });   // larger, but full right now
+    const { client } = await fleetWith([small, large], { maxQueueMs: 5000 });
+    // 3 prompt tokens + 300 new, full cache: 2 * 2 * (ceil(303 / 16) + 1) = 80 pages: only 'large' could ever hold it
+    // 3 + 400: 2 * 2 * (26 + 1) = 108 pages: no worker ever can
+    const t0 = Date.now();
+    const r = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 400 }, budget: { spec: { method: 'FULL' } } });
+    expect(r.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(r.error?.details).toMatch(/can never fit.*need 108 KV pages.*largest worker .* has 100/);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    // one that fits a worker's total (though not its free pages now) waits for room: RESOURCE_EXHAUSTED, retryable
+    const q = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 300 }, budget: { spec: { method: 'FULL' } } },
+      { deadlineMs: 60_000 });
+    expect(q.error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(small.received.length + large.received.length).toBe(0);
+  });
+
+  it('with max_model_len published: no room for a token, or max_new_tokens beyond the room, is INVALID_ARGUMENT at once', async () => {
+    const w = await scriptedWorker('w', 150, answer(1), { max_model_len: 512 });
+    const { client } = await fleetWith([w], { maxQueueMs: 5000 });
+    const t0 = Date.now();
+    const over = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 510 } });
+    expect(over.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(over.error?.details).toBe('sampling.max_new_tokens: 510 exceeds the model\'s room: prompt 3 + max_new_tokens 510 > max_model_len 512');
+    const full = await generate(client, { token_ids: { ids: ids(512) }, sampling: { max_new_tokens: 1 } });
+    expect(full.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(full.error?.details).toMatch(/^token_ids.ids: the prompt has 512 tokens; max_model_len is 512/);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(w.received).toHaveLength(0);
+    // no max_new_tokens: planned as the default within the room, as the worker takes it. 500 + 12 tokens need
+    // 2 * 2 * (32 + 1) = 132 pages (fits 150); planned with 256 new tokens it would need 196 and never fit
+    const room = await generate(client, { token_ids: { ids: ids(500) }, budget: { spec: { method: 'FULL' } } });
+    expect(room.error).toBeUndefined();
+    expect(w.received).toHaveLength(1);
+    // exactly the room is fine (3 + 509 tokens: 132 pages)
+    const exact = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 509 }, budget: { spec: { method: 'FULL' } } });
+    expect(exact.error).toBeUndefined();
+  });
+
+  it('a live worker that publishes no max_model_len leaves the judgement to the worker', async () => {
+    const w = await scriptedWorker('w', 4000, refuse(grpc.status.INVALID_ARGUMENT, 'sampling.max_new_tokens: too many'));
+    const { client } = await fleetWith([w]);
+    const r = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 600 } });
+    expect(r.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(r.error?.details).toBe('sampling.max_new_tokens: too many');
+    expect(w.received).toHaveLength(1);
+  });
+});
