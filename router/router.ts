@@ -11,7 +11,7 @@ import { pino, type Logger } from 'pino';
 import client from 'prom-client';
 import {
   RedisLedger, LedgerError, requestFootprintPages, resolveBudgetSpec, BUILTIN_DEFAULT_BUDGET, BudgetSpecError,
-  degradedShare, type Ledger, type LedgerSnapshot, type PickResult, type WorkerSnapshot, type PickPolicy,
+  degradedShare, budgetChoice, lookupBudgetName, BudgetSelectorError, DEFAULT_BUDGET_NAME, type BudgetChoice, type Ledger, type LedgerSnapshot, type PickResult, type WorkerSnapshot, type PickPolicy,
 } from '../ledger/index.ts';
 import {
   addGenerationService, addHealth, addReflection, SERVICE_NAMES,
@@ -267,25 +267,28 @@ export class Router {
     return c;
   }
 
-  /** The request's budget as an inline spec: a name the fleet allows, an inline spec, else the fleet default. */
+  /** The request's budget as an inline spec: a name the fleet allows, an inline spec, else the fleet default, by the
+   *  selector and name rules the worker applies (ledger/budget-names.ts). */
   private async resolveBudget(req: GenerateRequest): Promise<BudgetSpec> {
-    const sel = req.budget;
-    if (sel?.selector === 'spec' && sel.spec) return this.checkSpec(sel.spec, 'budget.spec');
-    const name = sel?.selector === 'name' ? sel.name : undefined;
+    let choice: BudgetChoice;
     try {
+      choice = budgetChoice(req.budget);
+    } catch (err) {
+      if (err instanceof BudgetSelectorError) throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, err.message);
+      throw err;
+    }
+    if (choice.kind === 'spec') return this.checkSpec(choice.spec, 'budget.spec');
+    const name = choice.kind === 'name' ? choice.name : undefined;
+    try {
+      if (name !== undefined) {
+        const spec = await this.namedBudget(name);
+        if (spec) return spec;
+        // the name stands for the fleet's default budget
+      }
       const cached = this.budgets;
       if (cached && !this.degraded) {
-        if (name && cached.all[name]) return this.checkSpec(cached.all[name], `budget '${name}'`);
-        if (!name) {
-          const spec = cached.def ? cached.all[cached.def] : undefined;
-          return spec ? this.checkSpec(spec, `default budget '${cached.def}'`) : { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
-        }
-        // a name not in the cache: maybe allowed since the last refresh; the ledger decides
-      }
-      if (name) {
-        const spec = await this.ledger.getBudget(name);
-        if (!spec) throw new RouterStatusError(grpc.status.NOT_FOUND, `budget '${name}' is not allowed in fleet ${this.config.fleet}`);
-        return this.checkSpec(spec, `budget '${name}'`);
+        const spec = cached.def ? cached.all[cached.def] : undefined;
+        return spec ? this.checkSpec(spec, `default budget '${cached.def}'`) : { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
       }
       const def = await this.ledger.getDefaultBudget();
       if (def) {
@@ -295,11 +298,31 @@ export class Router {
       return { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
     } catch (err) {
       if (err instanceof LedgerError && err.code === 'unavailable') {
-        if (name) throw new RouterStatusError(grpc.status.UNAVAILABLE, `budget '${name}' cannot be resolved while the ledger is unreachable`);
+        // degraded: the fleet default is the built-in one; a name other than the default's cannot be resolved
+        if (name !== undefined && name !== DEFAULT_BUDGET_NAME) {
+          throw new RouterStatusError(grpc.status.UNAVAILABLE, `budget '${name}' cannot be resolved while the ledger is unreachable`);
+        }
         return { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
       }
       throw err;
     }
+  }
+
+  /** A budget name by the shared rules (lookupBudgetName): the stored budget's spec, undefined when the name means the
+   *  fleet's default budget, NOT_FOUND when the fleet does not allow it. The cached budgets answer first; a name
+   *  they do not know may have been allowed since the last refresh, so the ledger decides. */
+  private async namedBudget(name: string): Promise<BudgetSpec | undefined> {
+    const cached = this.budgets;
+    if (cached && !this.degraded) {
+      const r = lookupBudgetName(name, (n) => cached.all[n]);
+      if (r.kind === 'stored') return this.checkSpec(r.entry, `budget '${name}'`);
+      if (r.kind === 'default') return undefined;
+    }
+    const stored = await this.ledger.getBudget(name);
+    const r = lookupBudgetName(name, () => stored);
+    if (r.kind === 'stored') return this.checkSpec(r.entry, `budget '${name}'`);
+    if (r.kind === 'default') return undefined;
+    throw new RouterStatusError(grpc.status.NOT_FOUND, `budget '${name}' is not allowed in fleet ${this.config.fleet}`);
   }
 
   private checkSpec(spec: BudgetSpec, what: string): BudgetSpec {

@@ -4,10 +4,12 @@
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
-import { RedisLedger, type WorkerFields } from '../../ledger/index.ts';
-import { addGenerationService, generationClient, type GenerateRequest, type GenerateResponse } from '../../proto/index.ts';
+import { RedisLedger, type ResolvedBudgetSpec, type WorkerFields } from '../../ledger/index.ts';
+import { addGenerationService, generationClient, type BudgetSpec, type GenerateRequest, type GenerateResponse } from '../../proto/index.ts';
 import { parseRouterConfig } from '../../router/config.ts';
 import { Router } from '../../router/router.ts';
+import { FleetBudgets } from '../../worker/budgets.ts';
+import { checkSpec, resolveSelector, type RequestError } from '../../worker/request.ts';
 import { generate } from '../worker/helpers.ts';
 
 type Call = grpc.ServerWritableStream<GenerateRequest, GenerateResponse>;
@@ -54,13 +56,15 @@ const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => { while (cleanups.length) await cleanups.pop()!().catch(() => {}); });
 
 let seq = 0;
-async function fleetWith(workers: ScriptedWorker[], routerOpts: Record<string, unknown> = {}) {
+async function fleetWith(workers: ScriptedWorker[], routerOpts: Record<string, unknown> = {},
+  before: (ledger: RedisLedger) => Promise<void> = async () => {}) {
   const redis = inject('redisUrl');
   const fleet = `test-${process.pid}/placement-${++seq}`;
   const [namespace, name] = fleet.split('/');
   const ledger = await RedisLedger.connect({ redis, namespace, fleet: name });
   cleanups.push(() => ledger.close());
   for (const w of workers) await ledger.heartbeat(w.id, w.fields, { ttlMs: 60_000 });
+  await before(ledger);
   const router = await Router.start(parseRouterConfig({ port: 0, redis, fleet, metricsPort: 0, maxQueueMs: 1500, ...routerOpts }),
     pino({ level: 'silent' }));
   cleanups.push(() => router.close());
@@ -184,4 +188,42 @@ describe('router answers for requests no worker can ever serve', () => {
     expect(r.error?.details).toBe('sampling.max_new_tokens: too many');
     expect(w.received).toHaveLength(1);
   });
+});
+
+describe('router budget selection agrees with the worker\'s', () => {
+  // every selector a client may send, against two fleets: one whose default is 'long', and one that also stores a
+  // budget named 'default' (a stored name wins over the default's alias)
+  const selectors: Array<[string, GenerateRequest['budget']]> = [
+    ['none', undefined], ['name default', { name: 'default' }], ['empty name', { name: '' }], ['name long', { name: 'long' }],
+    ['name short', { name: 'short' }], ['unknown name', { name: 'nope' }], ['inline spec', { spec: { method: 'FULL' } }],
+  ];
+  const budgets: Record<string, BudgetSpec> = {
+    long: { method: 'ADA_SNAPKV', tokens_per_head: 256 }, short: { method: 'SNAPKV', tokens_per_head: 64 },
+  };
+  for (const stored of [budgets, { ...budgets, default: { method: 'PYRAMIDKV', keep_ratio: 0.5 } as BudgetSpec }]) {
+    it(`same answer for every selector (fleet budgets: ${Object.keys(stored).join(', ')}; default 'long')`, async () => {
+      const w = await scriptedWorker('w', 100_000, answer(1));
+      const { client } = await fleetWith([w], {}, async (ledger) => {
+        for (const [name, spec] of Object.entries(stored)) await ledger.setBudget(name, spec);
+        await ledger.setDefaultBudget('long');
+      });
+      // what the worker itself answers, from the same ledger content
+      const fb = new FleetBudgets('f', pino({ level: 'silent' }));
+      fb.replace(Object.fromEntries(Object.entries(stored).map(([k, v]) => [k, JSON.stringify(v)])), 'long');
+      for (const [what, sel] of selectors) {
+        let expected: { code: string; spec?: ResolvedBudgetSpec };
+        try {
+          expected = { code: 'OK', spec: resolveSelector(sel, fb) };
+        } catch (err) {
+          expected = { code: (err as RequestError).code };
+        }
+        const before = w.received.length;
+        const r = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 1 }, budget: sel });
+        const got: { code: string; spec?: ResolvedBudgetSpec } = { code: r.error ? grpc.status[r.error.code] : 'OK' };
+        // the router resolves the budget and forwards it inline: what the worker then runs
+        if (!r.error) got.spec = checkSpec(w.received[before].budget!.spec!);
+        expect(got, what).toEqual(expected);
+      }
+    });
+  }
 });
