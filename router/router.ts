@@ -78,6 +78,20 @@ export function chooseDegraded(workers: readonly WorkerSnapshot[], need: number,
   return best && { w: best.w, room: best.room };
 }
 
+/** Whether the call's deadline (if it has one) has passed. grpc-js ends a call at its deadline from a timer, so a
+ *  few ms of timer slack count as passed. */
+function deadlinePassed(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>): boolean {
+  const d = call.getDeadline();
+  const ms = d instanceof Date ? d.getTime() : Number(d);
+  return Number.isFinite(ms) && Date.now() >= ms - 5;
+}
+
+/** Why a client stream ended before its answer: its deadline passed (DEADLINE_EXCEEDED, which grpc-js answers
+ *  itself), else the client cancelled (CANCELLED). */
+function clientGoneCode(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>): grpc.status {
+  return deadlinePassed(call) ? grpc.status.DEADLINE_EXCEEDED : grpc.status.CANCELLED;
+}
+
 // Sampling seeds (the router fixes one per request, so a migrated stream draws the same tokens) come from a pool of
 // random bytes refilled 128 seeds at a time: one CSPRNG call per 128 requests instead of one per request.
 const SEED_POOL_BYTES = 8 * 128;
@@ -438,12 +452,13 @@ export class Router {
     const t0 = performance.now();
     let code = grpc.status.OK;
     try {
-      await this.serve(call, t0);
+      code = await this.serve(call, t0);
     } catch (err) {
       code = err instanceof RouterStatusError ? err.code : grpc.status.INTERNAL;
       const message = err instanceof Error ? err.message : String(err);
       if (code === grpc.status.INTERNAL) this.log.error({ err }, 'generate failed');
-      if (!call.cancelled) call.emit('error', { code, details: message });
+      // a client that went away never sees this answer: it is counted by why the client went
+      if (call.cancelled) code = clientGoneCode(call); else call.emit('error', { code, details: message });
     } finally {
       let counter = this.requestsByCode.get(code);
       if (!counter) this.requestsByCode.set(code, (counter = this.m.requests.labels(grpc.status[code])));
@@ -451,7 +466,9 @@ export class Router {
     }
   }
 
-  private async serve(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, t0: number): Promise<void> {
+  /** Serves one request; returns the status it ended with when no error was thrown: OK, or CANCELLED /
+   *  DEADLINE_EXCEEDED when the client went away (cancelled, or its deadline passed) before the end. */
+  private async serve(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, t0: number): Promise<grpc.status> {
     const req = call.request;
     const requestId = req.request_id || randomUUID();
     const timing: RequestTiming = { received: t0, tokenizeMs: 0, pickStart: 0, placed: 0, forwarded: 0, firstIn: 0, firstOut: 0, attempts: 0 };
@@ -508,7 +525,8 @@ export class Router {
         }
       });
       await this.releaseQuietly(picked.worker_id, rid);
-      if (outcome.kind === 'done' || outcome.kind === 'cancelled') return;
+      if (outcome.kind === 'done') return grpc.status.OK;
+      if (outcome.kind === 'cancelled') return clientGoneCode(call);
       if (outcome.kind === 'final') throw new RouterStatusError(outcome.code, outcome.message);
       // the worker failed (it leaves the ledger until its next heartbeat) or was full: the request moves on
       exclude.add(picked.worker_id);
@@ -549,7 +567,8 @@ export class Router {
       });
       ws.on('error', (err: grpc.ServiceError) => {
         call.removeListener('cancelled', onCancel);
-        if (call.cancelled) resolve({ kind: 'cancelled' });
+        // the worker call carries the client's deadline: its expiry is the client's, not a worker failure
+        if (call.cancelled || (err.code === grpc.status.DEADLINE_EXCEEDED && deadlinePassed(call))) resolve({ kind: 'cancelled' });
         else if (FINAL_CODES.has(err.code)) resolve({ kind: 'final', code: err.code, message: err.details });
         // full, or draining (it is alive: it stays in the ledger, flagged by its own heartbeat)
         else if (err.code === grpc.status.RESOURCE_EXHAUSTED || (err.code === grpc.status.UNAVAILABLE && /drain/i.test(err.details))) {

@@ -227,3 +227,53 @@ describe('router budget selection agrees with the worker\'s', () => {
     });
   }
 });
+
+describe('router request metrics by final code', () => {
+  /** Streams a token every 20 ms until the call is cancelled. */
+  function endless(calls: Call[]) {
+    return (call: Call, w: ScriptedWorker) => {
+      calls.push(call);
+      const t = setInterval(() => { if (!call.cancelled) call.write({ token_ids: [7], text: 'x', worker_id: w.id }); }, 20);
+      call.on('cancelled', () => clearInterval(t));
+    };
+  }
+  async function counts(router: Router): Promise<Record<string, number>> {
+    const m = await router.registry.getSingleMetric('kvfleet_router_requests_total')!.get();
+    return Object.fromEntries(m.values.map((v) => [String(v.labels.code), v.value]));
+  }
+  async function until(pred: () => Promise<boolean>, ms = 5000): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!(await pred())) {
+      if (Date.now() > deadline) throw new Error('condition not reached in time');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  it('a client that cancels mid-stream is counted CANCELLED; one whose deadline passes, DEADLINE_EXCEEDED', async () => {
+    const calls: Call[] = [];
+    const w = await scriptedWorker('w', 100_000, endless(calls));
+    const { client, router, ledger } = await fleetWith([w]);
+    const c = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 1000 } }, { cancelAfterTokens: 2 });
+    expect(c.error?.code).toBe(grpc.status.CANCELLED);
+    await until(async () => (await counts(router)).CANCELLED === 1);
+    const d = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 1000 } }, { deadlineMs: 300 });
+    expect(d.error?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    expect(d.tokens.length).toBeGreaterThan(0);
+    await until(async () => (await counts(router)).DEADLINE_EXCEEDED === 1);
+    expect(await counts(router)).toEqual({ CANCELLED: 1, DEADLINE_EXCEEDED: 1 });
+    // both worker streams were cancelled; a deadline is no worker failure: the worker stays in the ledger, and the
+    // request was not moved to another worker
+    await until(async () => calls.every((x) => x.cancelled));
+    expect(calls).toHaveLength(2);
+    expect((await ledger.snapshot()).workers.map((x) => x.worker_id)).toEqual(['w']);
+  });
+
+  it('a deadline that passes while the request waits for room is counted DEADLINE_EXCEEDED', async () => {
+    const w = await scriptedWorker('w', 100, answer(1), { free_pages: 0 });
+    const { client, router } = await fleetWith([w], { maxQueueMs: 1000 });
+    const d = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 4 } }, { deadlineMs: 300 });
+    expect(d.error?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    await until(async () => Object.keys(await counts(router)).length > 0, 8000);
+    expect(await counts(router)).toEqual({ DEADLINE_EXCEEDED: 1 });
+  });
+});
