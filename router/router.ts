@@ -33,6 +33,26 @@ export class RouterStatusError extends Error {
 const FINAL_CODES = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.NOT_FOUND, grpc.status.UNAUTHENTICATED,
   grpc.status.PERMISSION_DENIED, grpc.status.FAILED_PRECONDITION, grpc.status.OUT_OF_RANGE]);
 
+/**
+ * How the router takes a worker call's error (the client still waiting), by its status code and the state of the
+ * channel to that worker right after it, never by its message:
+ * - final: the request itself is wrong (FINAL_CODES): answered to the client as it is;
+ * - unreachable: the channel is no longer READY (connection refused, dropped, keepalive timeout): whatever the code,
+ *   the transport failed, so the worker is taken out of the ledger until it heartbeats again;
+ * - busy: RESOURCE_EXHAUSTED or UNAVAILABLE answered by a worker whose channel is fine (full, draining, budgets not
+ *   read yet): it is alive and stays in the ledger, its own heartbeats flag it;
+ * - failed: anything else (INTERNAL, UNKNOWN, ...) from a reachable worker: this request failed there; it moves on,
+ *   the worker stays in the ledger (one failing request says nothing about the others).
+ * The worker sets no structured error trailer today (worker/server.ts answers code and details only), so there is
+ * none to read here.
+ */
+export function classifyWorkerError(code: grpc.status, channel: grpc.connectivityState): 'final' | 'unreachable' | 'busy' | 'failed' {
+  if (FINAL_CODES.has(code)) return 'final';
+  if (channel !== grpc.connectivityState.READY) return 'unreachable';
+  if (code === grpc.status.RESOURCE_EXHAUSTED || code === grpc.status.UNAVAILABLE) return 'busy';
+  return 'failed';
+}
+
 interface ModelShape { L: number; Hk: number; P: number }
 
 /** One request's way through this router (performance.now() ms), reported to `Router.onTiming` when set: what the
@@ -528,9 +548,10 @@ export class Router {
       if (outcome.kind === 'done') return grpc.status.OK;
       if (outcome.kind === 'cancelled') return clientGoneCode(call);
       if (outcome.kind === 'final') throw new RouterStatusError(outcome.code, outcome.message);
-      // the worker failed (it leaves the ledger until its next heartbeat) or was full: the request moves on
+      // the request moves on from this worker; only an unreachable one leaves the ledger (until its next heartbeat):
+      // a full, draining or alive-but-failing worker is flagged by its own heartbeats, and serves other requests
       exclude.add(picked.worker_id);
-      if (outcome.kind === 'failed') {
+      if (outcome.kind === 'unreachable') {
         try { await this.ledger.removeWorker(picked.worker_id); } catch { /* stale entries expire */ }
       }
       if (streamed.length > (req.resume_token_ids?.length ?? 0)) this.m.migrations.inc(); else this.m.retries.inc();
@@ -542,11 +563,14 @@ export class Router {
     }
   }
 
-  /** Streams one worker's answer to the client. */
+  /** Streams one worker's answer to the client. How a worker error is taken (classifyWorkerError): final (the
+   *  request is wrong: answered as it is), busy (the worker is alive but full, draining or not ready), failed (this
+   *  request failed there) or unreachable (the channel to the worker failed: the only case that takes the worker out
+   *  of the ledger). */
   private forward(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, picked: PickResult,
     wreq: GenerateRequest, onIssued: () => void, onTokens: (t: number[]) => void, onWritten: () => void):
     Promise<{ kind: 'done' } | { kind: 'cancelled' } | { kind: 'final'; code: grpc.status; message: string } |
-      { kind: 'failed' | 'busy'; message: string }> {
+      { kind: 'failed' | 'busy' | 'unreachable'; message: string }> {
     return new Promise((resolve) => {
       // the client went away while the request was being placed: nothing to forward (the caller releases)
       if (call.cancelled) { resolve({ kind: 'cancelled' }); return; }
@@ -554,7 +578,8 @@ export class Router {
       const opts: grpc.CallOptions = deadline instanceof Date || typeof deadline === 'number' ? { deadline } : {};
       const md = new grpc.Metadata();
       if (this.workerToken) md.set('authorization', `Bearer ${this.workerToken}`);
-      const ws = this.clientFor(picked.addr).Generate(wreq, md, opts);
+      const wc = this.clientFor(picked.addr);
+      const ws = wc.Generate(wreq, md, opts);
       onIssued();
       let finished = false;
       const onCancel = () => { ws.cancel(); };
@@ -568,13 +593,10 @@ export class Router {
       ws.on('error', (err: grpc.ServiceError) => {
         call.removeListener('cancelled', onCancel);
         // the worker call carries the client's deadline: its expiry is the client's, not a worker failure
-        if (call.cancelled || (err.code === grpc.status.DEADLINE_EXCEEDED && deadlinePassed(call))) resolve({ kind: 'cancelled' });
-        else if (FINAL_CODES.has(err.code)) resolve({ kind: 'final', code: err.code, message: err.details });
-        // full, or draining (it is alive: it stays in the ledger, flagged by its own heartbeat)
-        else if (err.code === grpc.status.RESOURCE_EXHAUSTED || (err.code === grpc.status.UNAVAILABLE && /drain/i.test(err.details))) {
-          resolve({ kind: 'busy', message: err.details });
-        }
-        else resolve({ kind: 'failed', message: `${grpc.status[err.code]}: ${err.details}` });
+        if (call.cancelled || (err.code === grpc.status.DEADLINE_EXCEEDED && deadlinePassed(call))) { resolve({ kind: 'cancelled' }); return; }
+        const kind = classifyWorkerError(err.code, wc.getChannel().getConnectivityState(false));
+        if (kind === 'final') resolve({ kind, code: err.code, message: err.details });
+        else resolve({ kind, message: `${grpc.status[err.code]}: ${err.details}` });
       });
       ws.on('end', () => {
         call.removeListener('cancelled', onCancel);

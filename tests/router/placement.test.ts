@@ -277,3 +277,51 @@ describe('router request metrics by final code', () => {
     expect(await counts(router)).toEqual({ DEADLINE_EXCEEDED: 1 });
   });
 });
+
+describe('router: which worker failures take a worker out of the ledger', () => {
+  const ids = async (ledger: RedisLedger) => (await ledger.snapshot()).workers.map((w) => w.worker_id);
+
+  it('a reachable worker answering INTERNAL, or UNAVAILABLE for another reason than draining, stays in the ledger', async () => {
+    const answers = [refuse(grpc.status.INTERNAL, 'engine error on this request'),
+      refuse(grpc.status.UNAVAILABLE, "budget.name: budget 'x' cannot be resolved yet (retry)"),
+      refuse(grpc.status.UNKNOWN, 'handler threw')];
+    let n = 0;
+    const a = await scriptedWorker('A', 4000, (call) => answers[n++](call));
+    const b = await scriptedWorker('B', 1000, answer(1));
+    const { client, ledger, router } = await fleetWith([a, b], { policy: 'most-free' });
+    for (let i = 0; i < answers.length; i++) {
+      const r = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 1 } });
+      expect(r.error).toBeUndefined();
+      expect(r.last?.worker_id).toBe('B');
+      expect(await ids(ledger)).toEqual(['A', 'B']);   // A still picked first by the next request
+    }
+    expect(a.received).toHaveLength(3);
+    const retries = (await router.registry.getSingleMetric('kvfleet_router_retries_total')!.get()).values[0].value;
+    expect(retries).toBe(3);
+  });
+
+  it('an unreachable worker (nothing listening) leaves the ledger; the request is served elsewhere', async () => {
+    const a = await scriptedWorker('A', 4000, answer(1));
+    await a.close();   // its address refuses connections from now on
+    const b = await scriptedWorker('B', 1000, answer(1));
+    const { client, ledger } = await fleetWith([a, b], { policy: 'most-free' });
+    const r = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 1 } });
+    expect(r.last?.worker_id).toBe('B');
+    expect(await ids(ledger)).toEqual(['B']);
+  });
+
+  it('a worker whose server goes away mid-stream leaves the ledger; the stream moves on with its tokens so far', async () => {
+    const a: ScriptedWorker = await scriptedWorker('A', 4000, (call, w) => {
+      call.write({ token_ids: [10], text: 'x', worker_id: w.id });
+      call.write({ token_ids: [11], text: 'x', worker_id: w.id });
+      setTimeout(() => { void w.close(); }, 50);
+    });
+    const b = await scriptedWorker('B', 1000, answer(1));
+    const { client, ledger } = await fleetWith([a, b], { policy: 'most-free' });
+    const r = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 3 } });
+    expect(r.error).toBeUndefined();
+    expect(r.last?.worker_id).toBe('B');
+    expect(b.received[0].resume_token_ids).toEqual([10, 11]);
+    expect(await ids(ledger)).toEqual(['B']);
+  });
+});
