@@ -153,6 +153,10 @@ export class Router {
   private degraded = false;
   // degraded-mode reservations made by this router: worker id -> reservation id -> pages and prompt tokens
   private readonly localReserved = new Map<string, Map<string, DegradedReservation>>();
+  // streams being forwarded, by worker id: addr, and a function that abandons the stream (it then moves on)
+  private readonly streams = new Map<string, Set<{ addr: string; abandon: (why: string) => void }>>();
+  // worker id -> when a snapshot first missed that worker while streams were on it (Date.now() ms)
+  private readonly missingSince = new Map<string, number>();
   private timers: NodeJS.Timeout[] = [];
   private metricsServer: http.Server | undefined;
   private closed = false;
@@ -256,11 +260,32 @@ export class Router {
       if (this.degraded) this.log.info('ledger reachable again: leaving degraded mode');
       this.setDegraded(false);
       this.localReserved.clear();
+      this.abandonGoneWorkers(snapshot);
+      // channels of workers gone from the ledger are closed, unless a stream still runs on one
       const live = new Set(this.snapshot.workers.map((w) => w.addr));
+      for (const set of this.streams.values()) for (const s of set) live.add(s.addr);
       for (const [addr, c] of this.clients) if (!live.has(addr)) { c.close(); this.clients.delete(addr); }
     } catch (err) {
       if (err instanceof LedgerError && err.code === 'unavailable') this.setDegraded(true);
       else this.log.warn({ err }, 'ledger refresh failed');
+    }
+  }
+
+  /** A worker that streams run on and that has been absent from every snapshot for workerGoneMs left the ledger by
+   *  its TTL (it stopped heartbeating: frozen, partitioned, killed without a word), or was removed: its streams are
+   *  cancelled there and moved to other workers (mid-stream migration). The grace keeps a moment without workers (a
+   *  Redis restart, workers re-registering) from moving healthy streams. */
+  private abandonGoneWorkers(snapshot: LedgerSnapshot): void {
+    const live = new Set(snapshot.workers.map((w) => w.worker_id));
+    const now = Date.now();
+    for (const id of [...this.missingSince.keys()]) if (live.has(id) || !this.streams.has(id)) this.missingSince.delete(id);
+    for (const [id, set] of this.streams) {
+      if (live.has(id)) continue;
+      const since = this.missingSince.get(id) ?? now;
+      this.missingSince.set(id, since);
+      if (now - since < this.config.workerGoneMs) continue;
+      this.log.warn({ worker: id, streams: set.size, missing_ms: now - since }, 'worker left the ledger: moving its streams');
+      for (const s of [...set]) s.abandon(`worker ${id} left the ledger (no heartbeat for its TTL) ${now - since} ms ago`);
     }
   }
 
@@ -295,6 +320,11 @@ export class Router {
       c = workerGenerationClient(addr, this.workerCreds, {
         'grpc.max_receive_message_length': this.config.maxMessageBytes,
         'grpc.max_send_message_length': this.config.maxMessageBytes,
+        // a worker that stops answering (frozen, partitioned) fails its channel, and the streams on it move on;
+        // grpc-js servers answer pings without policing them, so workers need no option for this
+        'grpc.keepalive_time_ms': this.config.workerKeepaliveMs,
+        'grpc.keepalive_timeout_ms': this.config.workerKeepaliveTimeoutMs,
+        'grpc.keepalive_permit_without_calls': 1,
       });
       this.clients.set(addr, c);
     }
@@ -584,6 +614,18 @@ export class Router {
       let finished = false;
       const onCancel = () => { ws.cancel(); };
       call.on('cancelled', onCancel);
+      // while it runs, the stream can be abandoned (its worker left the ledger): cancelled there, moved on
+      let abandoned: string | undefined;
+      const entry = { addr: picked.addr, abandon: (why: string) => { abandoned = why; ws.cancel(); } };
+      let set = this.streams.get(picked.worker_id);
+      if (!set) this.streams.set(picked.worker_id, (set = new Set()));
+      set.add(entry);
+      const settle = () => {
+        call.removeListener('cancelled', onCancel);
+        const s = this.streams.get(picked.worker_id);
+        s?.delete(entry);
+        if (s?.size === 0) this.streams.delete(picked.worker_id);
+      };
       ws.on('data', (msg: GenerateResponse) => {
         onTokens(msg.token_ids ?? []);
         call.write(msg);
@@ -591,15 +633,16 @@ export class Router {
         if (msg.finish_reason && msg.finish_reason !== 'FINISH_REASON_UNSPECIFIED') finished = true;
       });
       ws.on('error', (err: grpc.ServiceError) => {
-        call.removeListener('cancelled', onCancel);
+        settle();
         // the worker call carries the client's deadline: its expiry is the client's, not a worker failure
         if (call.cancelled || (err.code === grpc.status.DEADLINE_EXCEEDED && deadlinePassed(call))) { resolve({ kind: 'cancelled' }); return; }
+        if (abandoned !== undefined) { resolve({ kind: 'unreachable', message: abandoned }); return; }
         const kind = classifyWorkerError(err.code, wc.getChannel().getConnectivityState(false));
         if (kind === 'final') resolve({ kind, code: err.code, message: err.details });
         else resolve({ kind, message: `${grpc.status[err.code]}: ${err.details}` });
       });
       ws.on('end', () => {
-        call.removeListener('cancelled', onCancel);
+        settle();
         if (finished) { call.end(); resolve({ kind: 'done' }); } else resolve({ kind: 'failed', message: 'stream ended without a finish reason' });
       });
     });

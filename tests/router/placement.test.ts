@@ -2,6 +2,7 @@
 // ledger (redis-server) by heartbeats the test sends. What is checked is the router's own behaviour: which worker it
 // picks after a failure, the reservation ids it uses, the codes it answers and counts.
 import { afterEach, describe, expect, inject, it } from 'vitest';
+import * as net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { RedisLedger, type ResolvedBudgetSpec, type WorkerFields } from '../../ledger/index.ts';
@@ -323,5 +324,99 @@ describe('router: which worker failures take a worker out of the ledger', () => 
     expect(r.last?.worker_id).toBe('B');
     expect(b.received[0].resume_token_ids).toEqual([10, 11]);
     expect(await ids(ledger)).toEqual(['B']);
+  });
+});
+
+describe('router: a worker that stops answering mid-stream', () => {
+  /** A TCP proxy in front of addr that can freeze: from then on it passes no byte either way and closes nothing,
+   *  as a SIGSTOPped process or a partition looks from the router's side. */
+  async function freezableProxy(addr: string) {
+    const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))];
+    const sockets: net.Socket[] = [];
+    let frozen = false;
+    const srv = net.createServer((down) => {
+      const up = net.connect(port, host);
+      sockets.push(down, up);
+      down.on('data', (d) => { if (!frozen) up.write(d); });
+      up.on('data', (d) => { if (!frozen) down.write(d); });
+      for (const [a, b] of [[down, up], [up, down]]) { a.on('error', () => {}); a.on('close', () => b.destroy()); }
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    return {
+      addr: `127.0.0.1:${(srv.address() as net.AddressInfo).port}`,
+      freeze() { frozen = true; },
+      async close() { for (const s of sockets) s.destroy(); await new Promise<void>((r) => srv.close(() => r())); },
+    };
+  }
+
+  /** Streams token 10, 11, ... every 20 ms, until cancelled. */
+  function endless(calls: Call[]) {
+    return (call: Call, w: ScriptedWorker) => {
+      calls.push(call);
+      let i = 10;
+      const t = setInterval(() => { if (!call.cancelled) call.write({ token_ids: [i++], text: 'x', worker_id: w.id }); }, 20);
+      call.on('cancelled', () => clearInterval(t));
+    };
+  }
+
+  it('keepalive: a frozen connection fails within keepalive time + timeout and the stream moves on', async () => {
+    const calls: Call[] = [];
+    const a = await scriptedWorker('A', 4000, endless(calls));
+    const proxy = await freezableProxy(a.addr);
+    cleanups.push(() => proxy.close());
+    a.fields.addr = proxy.addr;
+    const b = await scriptedWorker('B', 1000, answer(2));
+    // worker gone detection by the ledger is off here (A keeps its entry): keepalive alone must notice
+    const { client, ledger } = await fleetWith([a, b], { policy: 'most-free', workerKeepaliveMs: 300,
+      workerKeepaliveTimeoutMs: 300, workerGoneMs: 600_000 });
+    const got: number[] = [];
+    let frozenAt = 0;
+    const stream = client.Generate({ token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 100 } }, new grpc.Metadata(),
+      { deadline: Date.now() + 20_000 });
+    const done = new Promise<{ err?: grpc.ServiceError; last?: GenerateResponse }>((resolve) => {
+      let last: GenerateResponse | undefined;
+      stream.on('data', (m: GenerateResponse) => {
+        got.push(...(m.token_ids ?? []));
+        if (m.finish_reason) last = m;
+        if (got.length === 3 && !frozenAt) { frozenAt = Date.now(); proxy.freeze(); }
+      });
+      stream.on('error', (err: grpc.ServiceError) => resolve({ err }));
+      stream.on('end', () => resolve({ last }));
+    });
+    const r = await done;
+    expect(r.err).toBeUndefined();
+    expect(r.last?.worker_id).toBe('B');
+    const resumed = b.received[0].resume_token_ids ?? [];
+    expect(resumed.length).toBeGreaterThanOrEqual(3);
+    expect(got.slice(0, resumed.length)).toEqual(resumed);   // the client saw the frozen worker's tokens once each
+    expect(Date.now() - frozenAt).toBeLessThan(5000);
+    expect((await ledger.snapshot()).workers.map((w) => w.worker_id)).toEqual(['B']);   // A unreachable: removed
+  });
+
+  it('a worker that leaves the ledger has its streams cancelled and moved after workerGoneMs; a short absence does not', async () => {
+    const calls: Call[] = [];
+    const a = await scriptedWorker('A', 4000, endless(calls));
+    const b = await scriptedWorker('B', 1000, answer(2));
+    const { client, ledger } = await fleetWith([a, b], { policy: 'most-free', workerGoneMs: 1500 });
+    const p = generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 1000 } }, { deadlineMs: 20_000 });
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    await sleep(300);
+    expect(calls).toHaveLength(1);
+    // absent for ~600 ms (as while Redis restarts and workers re-register): the stream stays on A
+    await ledger.removeWorker('A');
+    await sleep(600);
+    await ledger.heartbeat('A', a.fields, { ttlMs: 60_000 });
+    await sleep(1500);
+    expect(calls[0].cancelled).toBe(false);
+    expect(b.received).toHaveLength(0);
+    // gone for good (its TTL ran out): within workerGoneMs + a refresh the stream moves to B
+    const goneAt = Date.now();
+    await ledger.removeWorker('A');
+    const r = await p;
+    expect(r.error).toBeUndefined();
+    expect(r.last?.worker_id).toBe('B');
+    expect(Date.now() - goneAt).toBeLessThan(4000);
+    expect(calls[0].cancelled).toBe(true);
+    expect(b.received[0].resume_token_ids?.length).toBeGreaterThan(0);
   });
 });
