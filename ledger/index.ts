@@ -4,5 +4,6 @@ export * from './types.ts';
 export * from './keys.ts';
 export * from './footprint.ts';
 export * from './pressure.ts';
+export * from './budget-names.ts';
 export { RedisLedger, type RedisLedgerOptions } from './redis.ts';
 export { MemoryLedger, MemoryLedgerBackend, VirtualClock, type MemoryLedgerBackendOptions } from './memory.ts';

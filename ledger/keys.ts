@@ -11,7 +11,8 @@ export interface FleetKeys {
   readonly workers: string;
   /** HASH per worker: addr, total_pages, free_pages, page_size, num_layers, num_kv_heads, running, waiting,
    *  draining (0/1), heartbeat_ms, ttl_ms (extension: the PEXPIRE the worker asked for), prefill_tokens
-   *  (extension: prompt tokens admitted and not yet prefilled). */
+   *  (extension: prompt tokens admitted and not yet prefilled), max_model_len (extension: the longest prompt + new
+   *  tokens the worker serves; 0 = not published). */
   worker(id: string): string;
   /** ZSET per worker: request id → reservation expiry time (ms, Redis clock). */
   reservations(id: string): string;

@@ -84,13 +84,25 @@ local function pickable_addr(id, now)
 end
 `;
 
-/** pick: ARGV = prefix, need_pages, request_id, ttl_ms, policy, random seed, prompt tokens. Returns {id, addr,
- *  effective_free_after} or nil. */
+/** pick: ARGV = prefix, need_pages, request_id, ttl_ms, policy, random seed, prompt tokens, excluded worker ids….
+ *  Returns {id, addr, effective_free_after} or nil. Excluded workers (those a request already failed on) are taken
+ *  out of both indexes for the choice and put back with their scores before the script returns, so every policy
+ *  chooses among the others exactly as if the excluded ones were absent, and nothing else about them changes. */
 export const PICK = PRELUDE + `
 local need, rid, ttl, policy = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local tokens = tonumber(ARGV[7]) or 0
 local now = now_ms()
 expire_due(now)
+
+local excluded = {}
+for j = 8, #ARGV do
+  local id = ARGV[j]
+  local free = redis.call('ZSCORE', K_INDEX, id)
+  if free then
+    excluded[#excluded + 1] = {id, free, redis.call('ZSCORE', K_PREFILL, id)}
+    unindex(id)
+  end
+end
 
 local function reserve(id, addr)
   -- the same request id picked again on this worker replaces its old reservation (never counted twice)
@@ -113,67 +125,77 @@ local function most_free()
   return top[1]
 end
 
--- Each loop either returns or removes one index entry, so it ends.
-if policy == 'best-fit' then
-  while true do
-    local r = redis.call('ZRANGEBYSCORE', K_INDEX, need, '+inf', 'LIMIT', 0, 1)
-    if #r == 0 then return false end
-    local addr = pickable_addr(r[1], now)
-    if addr then return reserve(r[1], addr) end
-  end
-elseif policy == 'p2c' then
-  math.randomseed(tonumber(ARGV[6]))
-  while true do
-    local total = redis.call('ZCARD', K_INDEX)
-    local fit = redis.call('ZCOUNT', K_INDEX, need, '+inf')
-    if fit == 0 then return false end
-    -- the fitting workers are the top 'fit' ranks; draw two distinct ones
-    local base = total - fit
-    local a = base + math.random(fit) - 1
-    local b = a
-    if fit > 1 then
-      b = base + math.random(fit - 1) - 1
-      if b >= a then b = b + 1 end
+local function choose()
+  -- Each loop either returns or removes one index entry, so it ends.
+  if policy == 'best-fit' then
+    while true do
+      local r = redis.call('ZRANGEBYSCORE', K_INDEX, need, '+inf', 'LIMIT', 0, 1)
+      if #r == 0 then return false end
+      local addr = pickable_addr(r[1], now)
+      if addr then return reserve(r[1], addr) end
     end
-    local ea = redis.call('ZRANGE', K_INDEX, a, a, 'WITHSCORES')
-    local eb = redis.call('ZRANGE', K_INDEX, b, b, 'WITHSCORES')
-    local addr_a = pickable_addr(ea[1], now)
-    local addr_b = addr_a
-    if b ~= a then addr_b = pickable_addr(eb[1], now) end
-    if addr_a and addr_b then
-      if tonumber(eb[2]) > tonumber(ea[2]) then return reserve(eb[1], addr_b) end
-      return reserve(ea[1], addr_a)
-    end
-  end
-elseif policy == 'least-prefill' then
-  while true do
-    -- the lowest prefill loads (score, then member bytes); of those that fit: the least load, then the most free
-    local cand = redis.call('ZRANGE', K_PREFILL, 0, ${LEAST_PREFILL_SCAN - 1}, 'WITHSCORES')
-    local best, best_load, best_free
-    for j = 1, #cand, 2 do
-      local free = redis.call('ZSCORE', K_INDEX, cand[j])
-      if free then
-        local load = tonumber(cand[j + 1])
-        free = tonumber(free)
-        if free >= need and ((not best) or load < best_load or (load == best_load and free > best_free)) then
-          best, best_load, best_free = cand[j], load, free
-        end
+  elseif policy == 'p2c' then
+    math.randomseed(tonumber(ARGV[6]))
+    while true do
+      local total = redis.call('ZCARD', K_INDEX)
+      local fit = redis.call('ZCOUNT', K_INDEX, need, '+inf')
+      if fit == 0 then return false end
+      -- the fitting workers are the top 'fit' ranks; draw two distinct ones
+      local base = total - fit
+      local a = base + math.random(fit) - 1
+      local b = a
+      if fit > 1 then
+        b = base + math.random(fit - 1) - 1
+        if b >= a then b = b + 1 end
+      end
+      local ea = redis.call('ZRANGE', K_INDEX, a, a, 'WITHSCORES')
+      local eb = redis.call('ZRANGE', K_INDEX, b, b, 'WITHSCORES')
+      local addr_a = pickable_addr(ea[1], now)
+      local addr_b = addr_a
+      if b ~= a then addr_b = pickable_addr(eb[1], now) end
+      if addr_a and addr_b then
+        if tonumber(eb[2]) > tonumber(ea[2]) then return reserve(eb[1], addr_b) end
+        return reserve(ea[1], addr_a)
       end
     end
-    -- none of them fits: the largest effective free, as most-free
-    if not best then best = most_free() end
-    if not best then return false end
-    local addr = pickable_addr(best, now)
-    if addr then return reserve(best, addr) end
+  elseif policy == 'least-prefill' then
+    while true do
+      -- the lowest prefill loads (score, then member bytes); of those that fit: the least load, then the most free
+      local cand = redis.call('ZRANGE', K_PREFILL, 0, ${LEAST_PREFILL_SCAN - 1}, 'WITHSCORES')
+      local best, best_load, best_free
+      for j = 1, #cand, 2 do
+        local free = redis.call('ZSCORE', K_INDEX, cand[j])
+        if free then
+          local load = tonumber(cand[j + 1])
+          free = tonumber(free)
+          if free >= need and ((not best) or load < best_load or (load == best_load and free > best_free)) then
+            best, best_load, best_free = cand[j], load, free
+          end
+        end
+      end
+      -- none of them fits: the largest effective free, as most-free
+      if not best then best = most_free() end
+      if not best then return false end
+      local addr = pickable_addr(best, now)
+      if addr then return reserve(best, addr) end
+    end
+  else
+    while true do
+      local id = most_free()
+      if not id then return false end
+      local addr = pickable_addr(id, now)
+      if addr then return reserve(id, addr) end
+    end
   end
-else
-  while true do
-    local id = most_free()
-    if not id then return false end
-    local addr = pickable_addr(id, now)
-    if addr then return reserve(id, addr) end
-  end
+  return false
 end
+
+local picked = choose()
+for _, e in ipairs(excluded) do
+  redis.call('ZADD', K_INDEX, e[2], e[1])
+  if e[3] then redis.call('ZADD', K_PREFILL, e[3], e[1]) end
+end
+return picked
 `;
 
 /** heartbeat: ARGV = prefix, id, ttl_ms, reservation_ttl_ms, nfields, (field, value)×nfields, nremoved,

@@ -8,7 +8,7 @@ import { EXPIRE_BATCH, LEAST_PREFILL_SCAN } from './lua.ts';
 import {
   BudgetSpecSchema, DEFAULTS, LedgerError, checkBudgetName, checkPages, checkPolicy, checkTtl, checkWorkerFields, parseBudget, parseLedgerEvent, workerOrder,
   type HeartbeatOptions, type HeartbeatResult, type Ledger, type LedgerEvent, type LedgerSnapshot, type PickOptions,
-  type PickResult, type Subscription, type WorkerFields, type WorkerSnapshot,
+  type PickPolicy, type PickResult, type Subscription, type WorkerFields, type WorkerSnapshot,
 } from './types.ts';
 
 /** A clock you move by hand. */
@@ -214,10 +214,32 @@ export class MemoryLedger implements Ledger {
     checkPolicy(policy);
     const tokens = opts.promptTokens ?? 0;
     checkPages('pick promptTokens', tokens, 0);
+    const exclude = opts.exclude ?? [];
+    for (const id of exclude) checkWorkerId(id);
     const s = this.state('pick');
     const now = this.backend.now();
     MemoryLedger.expireDue(s, now);
+    // excluded workers leave both indexes for the choice and come back with their scores (as the script does)
+    const excluded: [string, number, number | undefined][] = [];
+    for (const id of exclude) {
+      const free = s.index.get(id);
+      if (free === undefined) continue;
+      excluded.push([id, free, s.prefill.get(id)]);
+      MemoryLedger.unindex(s, id);
+    }
+    try {
+      return this.choose(s, now, needPages, requestId, ttl, policy, tokens);
+    } finally {
+      for (const [id, free, load] of excluded) {
+        s.index.set(id, free);
+        if (load !== undefined) s.prefill.set(id, load);
+      }
+    }
+  }
 
+  /** pick's choice among the indexed workers (the script's choose()). */
+  private choose(s: FleetState, now: number, needPages: number, requestId: string, ttl: number, policy: PickPolicy,
+    tokens: number): PickResult | null {
     const reserve = (id: string, addr: string): PickResult => {
       MemoryLedger.dropReservation(s, id, requestId);
       let m = s.reserved.get(id);
@@ -296,7 +318,8 @@ export class MemoryLedger implements Ledger {
       let sum = 0; let count = 0;
       for (const r of s.reserved.get(id)?.values() ?? []) { sum += r.pages; count++; }
       workers.push({ ...w.fields, worker_id: id, heartbeat_ms: w.heartbeat_ms, reserved_pages: sum, reservations: count,
-        effective_free: w.fields.free_pages - sum, prefill_tokens: w.fields.prefill_tokens ?? 0 });
+        effective_free: w.fields.free_pages - sum, prefill_tokens: w.fields.prefill_tokens ?? 0,
+        max_model_len: w.fields.max_model_len ?? 0 });
     }
     workers.sort((a, b) => cmpBytes(a.worker_id, b.worker_id));
     return { now_ms: now, workers };

@@ -74,7 +74,7 @@ function workerFieldArgs(f: WorkerFields): string[] {
     'page_size', String(f.page_size), 'num_layers', String(f.num_layers), 'num_kv_heads', String(f.num_kv_heads),
     'running', String(f.running), 'waiting', String(f.waiting), 'draining', f.draining ? '1' : '0',
     // always written, so a worker that stops publishing it does not leave an old value behind
-    'prefill_tokens', String(f.prefill_tokens ?? 0)];
+    'prefill_tokens', String(f.prefill_tokens ?? 0), 'max_model_len', String(f.max_model_len ?? 0)];
 }
 
 export class RedisLedger implements Ledger {
@@ -207,9 +207,11 @@ export class RedisLedger implements Ledger {
     checkPolicy(policy);
     const tokens = opts.promptTokens ?? 0;
     checkPages('pick promptTokens', tokens, 0);
+    const exclude = opts.exclude ?? [];
+    for (const id of exclude) checkWorkerId(id);
     // p2c's randomness comes from the client as a seed: the script is deterministic given its arguments.
     const reply = await this.run(SCRIPTS.pick, this.fleetScriptKeys, [this.keys.prefix, needPages, requestId, ttl, policy,
-      policy === 'p2c' ? randomInt(1, 2 ** 31 - 1) : 0, tokens]) as unknown[] | null;
+      policy === 'p2c' ? randomInt(1, 2 ** 31 - 1) : 0, tokens, ...exclude]) as unknown[] | null;
     if (reply === null) return null;
     if (!Array.isArray(reply) || reply.length !== 3) throw new LedgerError('invalid_reply', `ledger pick: unexpected reply ${JSON.stringify(reply)}`);
     return { worker_id: String(reply[0]), addr: String(reply[1]), effective_free_after: toInt(reply[2], 'pick') };
@@ -247,6 +249,7 @@ export class RedisLedger implements Ledger {
         reserved_pages: toInt(reserved, 'snapshot reserved'), reservations: toInt(count, 'snapshot reservations'),
         effective_free: 0,
         prefill_tokens: h.prefill_tokens === undefined ? 0 : toInt(h.prefill_tokens, `snapshot worker '${worker_id}' field prefill_tokens`),
+        max_model_len: h.max_model_len === undefined ? 0 : toInt(h.max_model_len, `snapshot worker '${worker_id}' field max_model_len`),
       };
       w.effective_free = w.free_pages - w.reserved_pages;
       workers.push(w);

@@ -38,6 +38,11 @@ export interface WorkerFields {
    *  its layers counts the remaining fraction; requests preempted back into the queue count whole). Absent = 0;
    *  snapshots always carry it (0 when the worker published none). */
   prefill_tokens?: number;
+  /** Extension (never-fit answers): the longest sequence this worker serves, prompt + new tokens (its
+   *  --max-model-len, else the model's max_position_embeddings); a request with prompt n and max_new_tokens m where
+   *  n + m exceeds it is INVALID_ARGUMENT on the worker, so a router may answer so at once. Absent or 0 = not
+   *  published; snapshots always carry it (0 when the worker published none). */
+  max_model_len?: number;
 }
 
 export interface HeartbeatOptions {
@@ -68,6 +73,9 @@ export interface PickOptions {
   /** The request's prompt tokens, kept with the reservation: prefill work the worker has been promised (what
    *  least-prefill weighs); default 0. */
   promptTokens?: number;
+  /** Worker ids not to choose (those this request already failed on): the pick chooses among the other workers as
+   *  if these were absent, and leaves their index entries as they were. Default none. */
+  exclude?: readonly string[];
 }
 
 export interface PickResult {
@@ -174,8 +182,8 @@ export interface Ledger {
    *  those of queued ones; a draining worker leaves the pick index. Atomic. */
   heartbeat(workerId: string, fields: WorkerFields, opts?: HeartbeatOptions): Promise<HeartbeatResult>;
   /** Chooses a live, non-draining worker with effective_free ≥ needPages by policy and reserves needPages on it
-   *  for requestId; null when none fits. Atomic. Picking the same request id again on the same worker replaces
-   *  its reservation. */
+   *  for requestId, never one in opts.exclude; null when none fits. Atomic. Picking the same request id again on
+   *  the same worker replaces its reservation. */
   pick(needPages: number, requestId: string, opts?: PickOptions): Promise<PickResult | null>;
   /** Drops a reservation; returns the pages it held, 0 if there was none (idempotent). Atomic. */
   release(workerId: string, requestId: string): Promise<number>;
@@ -235,6 +243,7 @@ export function checkWorkerFields(f: WorkerFields): void {
     checkPages(`worker field ${k}`, f[k], 0);
   }
   if (f.prefill_tokens !== undefined) checkPages('worker field prefill_tokens', f.prefill_tokens, 0);
+  if (f.max_model_len !== undefined) checkPages('worker field max_model_len', f.max_model_len, 0);
   if (typeof f.draining !== 'boolean') throw new TypeError('worker field draining must be a boolean');
 }
 

@@ -20,6 +20,14 @@ export const RouterConfigSchema = z.object({
   maxAttempts: z.coerce.number().int().min(1).max(16).default(4),
   /** reservation lifetime in the ledger */
   reservationTtlMs: z.coerce.number().int().min(100).default(30_000),
+  /** HTTP/2 keepalive on worker channels: a ping after this long without one (grpc.keepalive_time_ms) ... */
+  workerKeepaliveMs: z.coerce.number().int().min(100).default(10_000),
+  /** ... and a channel whose ping is not answered within this long fails (grpc.keepalive_timeout_ms): the streams
+   *  on it move to other workers (a frozen or partitioned worker) */
+  workerKeepaliveTimeoutMs: z.coerce.number().int().min(100).default(5_000),
+  /** a worker absent from every ledger snapshot for this long (after its own TTL took it out) has its streams
+   *  cancelled and moved; the grace keeps a Redis restart (workers re-registering) from moving healthy streams */
+  workerGoneMs: z.coerce.number().int().min(0).default(2_000),
   metricsPort: z.coerce.number().int().min(0).max(65535).default(9401),
   routerId: z.string().min(1).optional(),
   maxMessageBytes: z.coerce.number().int().min(1024).default(4 * 1024 * 1024),

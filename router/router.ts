@@ -11,13 +11,14 @@ import { pino, type Logger } from 'pino';
 import client from 'prom-client';
 import {
   RedisLedger, LedgerError, requestFootprintPages, resolveBudgetSpec, BUILTIN_DEFAULT_BUDGET, BudgetSpecError,
-  degradedShare, type Ledger, type LedgerSnapshot, type PickResult, type WorkerSnapshot, type PickPolicy,
+  degradedShare, budgetChoice, lookupBudgetName, BudgetSelectorError, DEFAULT_BUDGET_NAME, type BudgetChoice, type Ledger, type LedgerSnapshot, type PickResult, type WorkerSnapshot, type PickPolicy,
 } from '../ledger/index.ts';
 import {
   addGenerationService, addHealth, addReflection, SERVICE_NAMES,
   type BudgetSpec, type GenerateRequest, type GenerateResponse, type GenerationClient,
 } from '../proto/index.ts';
 import { Tokenizer } from '../worker/tokenizer.ts';
+import { DEFAULT_MAX_NEW_TOKENS } from '../worker/request.ts';
 import { bearerAuthInterceptor } from '../worker/security.ts';
 import type { RouterConfig } from './config.ts';
 import { workerGenerationClient } from './wire.ts';
@@ -31,6 +32,26 @@ export class RouterStatusError extends Error {
 // Worker replies that say the request itself is wrong: answered to the client as they are, never retried.
 const FINAL_CODES = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.NOT_FOUND, grpc.status.UNAUTHENTICATED,
   grpc.status.PERMISSION_DENIED, grpc.status.FAILED_PRECONDITION, grpc.status.OUT_OF_RANGE]);
+
+/**
+ * How the router takes a worker call's error (the client still waiting), by its status code and the state of the
+ * channel to that worker right after it, never by its message:
+ * - final: the request itself is wrong (FINAL_CODES): answered to the client as it is;
+ * - unreachable: the channel is no longer READY (connection refused, dropped, keepalive timeout): whatever the code,
+ *   the transport failed, so the worker is taken out of the ledger until it heartbeats again;
+ * - busy: RESOURCE_EXHAUSTED or UNAVAILABLE answered by a worker whose channel is fine (full, draining, budgets not
+ *   read yet): it is alive and stays in the ledger, its own heartbeats flag it;
+ * - failed: anything else (INTERNAL, UNKNOWN, ...) from a reachable worker: this request failed there; it moves on,
+ *   the worker stays in the ledger (one failing request says nothing about the others).
+ * The worker sets no structured error trailer today (worker/server.ts answers code and details only), so there is
+ * none to read here.
+ */
+export function classifyWorkerError(code: grpc.status, channel: grpc.connectivityState): 'final' | 'unreachable' | 'busy' | 'failed' {
+  if (FINAL_CODES.has(code)) return 'final';
+  if (channel !== grpc.connectivityState.READY) return 'unreachable';
+  if (code === grpc.status.RESOURCE_EXHAUSTED || code === grpc.status.UNAVAILABLE) return 'busy';
+  return 'failed';
+}
 
 interface ModelShape { L: number; Hk: number; P: number }
 
@@ -77,16 +98,42 @@ export function chooseDegraded(workers: readonly WorkerSnapshot[], need: number,
   return best && { w: best.w, room: best.room };
 }
 
+/** Whether the call's deadline (if it has one) has passed. grpc-js ends a call at its deadline from a timer, so a
+ *  few ms of timer slack count as passed. */
+function deadlinePassed(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>): boolean {
+  const d = call.getDeadline();
+  const ms = d instanceof Date ? d.getTime() : Number(d);
+  return Number.isFinite(ms) && Date.now() >= ms - 5;
+}
+
+/** Why a client stream ended before its answer: its deadline passed (DEADLINE_EXCEEDED, which grpc-js answers
+ *  itself), else the client cancelled (CANCELLED). */
+function clientGoneCode(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>): grpc.status {
+  return deadlinePassed(call) ? grpc.status.DEADLINE_EXCEEDED : grpc.status.CANCELLED;
+}
+
 // Sampling seeds (the router fixes one per request, so a migrated stream draws the same tokens) come from a pool of
 // random bytes refilled 128 seeds at a time: one CSPRNG call per 128 requests instead of one per request.
 const SEED_POOL_BYTES = 8 * 128;
 let seedPool = Buffer.alloc(0);
 let seedOffset = 0;
-function randomSeed(): string {
+function random64(): bigint {
   if (seedOffset + 8 > seedPool.length) { seedPool = randomBytes(SEED_POOL_BYTES); seedOffset = 0; }
-  const seed = seedPool.readBigUInt64BE(seedOffset);
+  const v = seedPool.readBigUInt64BE(seedOffset);
   seedOffset += 8;
-  return seed.toString();
+  return v;
+}
+function randomSeed(): string { return random64().toString(); }
+
+/**
+ * The ledger reservation id of one attempt of a request: the client's request id (which several requests in flight
+ * may share: a retried call, an id reused per conversation) plus 64 random bits, so two requests never share, replace
+ * or release each other's reservation. The router forwards it to the worker as the request's request_id, which is how
+ * the worker names the reservation in its heartbeats (admitted / rejected / queued; worker/fleet.ts); the client's id
+ * stays its prefix, so worker logs still lead back to it.
+ */
+export function reservationId(requestId: string): string {
+  return `${requestId}/${random64().toString(36)}`;
 }
 
 export class Router {
@@ -104,8 +151,12 @@ export class Router {
   private budgets: { all: Record<string, BudgetSpec>; def: string | null } | undefined;
   private liveRouters = 1;
   private degraded = false;
-  // degraded-mode reservations made by this router: worker id -> request id -> pages and prompt tokens
+  // degraded-mode reservations made by this router: worker id -> reservation id -> pages and prompt tokens
   private readonly localReserved = new Map<string, Map<string, DegradedReservation>>();
+  // streams being forwarded, by worker id: addr, and a function that abandons the stream (it then moves on)
+  private readonly streams = new Map<string, Set<{ addr: string; abandon: (why: string) => void }>>();
+  // worker id -> when a snapshot first missed that worker while streams were on it (Date.now() ms)
+  private readonly missingSince = new Map<string, number>();
   private timers: NodeJS.Timeout[] = [];
   private metricsServer: http.Server | undefined;
   private closed = false;
@@ -209,11 +260,32 @@ export class Router {
       if (this.degraded) this.log.info('ledger reachable again: leaving degraded mode');
       this.setDegraded(false);
       this.localReserved.clear();
+      this.abandonGoneWorkers(snapshot);
+      // channels of workers gone from the ledger are closed, unless a stream still runs on one
       const live = new Set(this.snapshot.workers.map((w) => w.addr));
+      for (const set of this.streams.values()) for (const s of set) live.add(s.addr);
       for (const [addr, c] of this.clients) if (!live.has(addr)) { c.close(); this.clients.delete(addr); }
     } catch (err) {
       if (err instanceof LedgerError && err.code === 'unavailable') this.setDegraded(true);
       else this.log.warn({ err }, 'ledger refresh failed');
+    }
+  }
+
+  /** A worker that streams run on and that has been absent from every snapshot for workerGoneMs left the ledger by
+   *  its TTL (it stopped heartbeating: frozen, partitioned, killed without a word), or was removed: its streams are
+   *  cancelled there and moved to other workers (mid-stream migration). The grace keeps a moment without workers (a
+   *  Redis restart, workers re-registering) from moving healthy streams. */
+  private abandonGoneWorkers(snapshot: LedgerSnapshot): void {
+    const live = new Set(snapshot.workers.map((w) => w.worker_id));
+    const now = Date.now();
+    for (const id of [...this.missingSince.keys()]) if (live.has(id) || !this.streams.has(id)) this.missingSince.delete(id);
+    for (const [id, set] of this.streams) {
+      if (live.has(id)) continue;
+      const since = this.missingSince.get(id) ?? now;
+      this.missingSince.set(id, since);
+      if (now - since < this.config.workerGoneMs) continue;
+      this.log.warn({ worker: id, streams: set.size, missing_ms: now - since }, 'worker left the ledger: moving its streams');
+      for (const s of [...set]) s.abandon(`worker ${id} left the ledger (no heartbeat for its TTL) ${now - since} ms ago`);
     }
   }
 
@@ -248,31 +320,39 @@ export class Router {
       c = workerGenerationClient(addr, this.workerCreds, {
         'grpc.max_receive_message_length': this.config.maxMessageBytes,
         'grpc.max_send_message_length': this.config.maxMessageBytes,
+        // a worker that stops answering (frozen, partitioned) fails its channel, and the streams on it move on;
+        // grpc-js servers answer pings without policing them, so workers need no option for this
+        'grpc.keepalive_time_ms': this.config.workerKeepaliveMs,
+        'grpc.keepalive_timeout_ms': this.config.workerKeepaliveTimeoutMs,
+        'grpc.keepalive_permit_without_calls': 1,
       });
       this.clients.set(addr, c);
     }
     return c;
   }
 
-  /** The request's budget as an inline spec: a name the fleet allows, an inline spec, else the fleet default. */
+  /** The request's budget as an inline spec: a name the fleet allows, an inline spec, else the fleet default, by the
+   *  selector and name rules the worker applies (ledger/budget-names.ts). */
   private async resolveBudget(req: GenerateRequest): Promise<BudgetSpec> {
-    const sel = req.budget;
-    if (sel?.selector === 'spec' && sel.spec) return this.checkSpec(sel.spec, 'budget.spec');
-    const name = sel?.selector === 'name' ? sel.name : undefined;
+    let choice: BudgetChoice;
     try {
+      choice = budgetChoice(req.budget);
+    } catch (err) {
+      if (err instanceof BudgetSelectorError) throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, err.message);
+      throw err;
+    }
+    if (choice.kind === 'spec') return this.checkSpec(choice.spec, 'budget.spec');
+    const name = choice.kind === 'name' ? choice.name : undefined;
+    try {
+      if (name !== undefined) {
+        const spec = await this.namedBudget(name);
+        if (spec) return spec;
+        // the name stands for the fleet's default budget
+      }
       const cached = this.budgets;
       if (cached && !this.degraded) {
-        if (name && cached.all[name]) return this.checkSpec(cached.all[name], `budget '${name}'`);
-        if (!name) {
-          const spec = cached.def ? cached.all[cached.def] : undefined;
-          return spec ? this.checkSpec(spec, `default budget '${cached.def}'`) : { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
-        }
-        // a name not in the cache: maybe allowed since the last refresh; the ledger decides
-      }
-      if (name) {
-        const spec = await this.ledger.getBudget(name);
-        if (!spec) throw new RouterStatusError(grpc.status.NOT_FOUND, `budget '${name}' is not allowed in fleet ${this.config.fleet}`);
-        return this.checkSpec(spec, `budget '${name}'`);
+        const spec = cached.def ? cached.all[cached.def] : undefined;
+        return spec ? this.checkSpec(spec, `default budget '${cached.def}'`) : { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
       }
       const def = await this.ledger.getDefaultBudget();
       if (def) {
@@ -282,11 +362,31 @@ export class Router {
       return { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
     } catch (err) {
       if (err instanceof LedgerError && err.code === 'unavailable') {
-        if (name) throw new RouterStatusError(grpc.status.UNAVAILABLE, `budget '${name}' cannot be resolved while the ledger is unreachable`);
+        // degraded: the fleet default is the built-in one; a name other than the default's cannot be resolved
+        if (name !== undefined && name !== DEFAULT_BUDGET_NAME) {
+          throw new RouterStatusError(grpc.status.UNAVAILABLE, `budget '${name}' cannot be resolved while the ledger is unreachable`);
+        }
         return { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
       }
       throw err;
     }
+  }
+
+  /** A budget name by the shared rules (lookupBudgetName): the stored budget's spec, undefined when the name means the
+   *  fleet's default budget, NOT_FOUND when the fleet does not allow it. The cached budgets answer first; a name
+   *  they do not know may have been allowed since the last refresh, so the ledger decides. */
+  private async namedBudget(name: string): Promise<BudgetSpec | undefined> {
+    const cached = this.budgets;
+    if (cached && !this.degraded) {
+      const r = lookupBudgetName(name, (n) => cached.all[n]);
+      if (r.kind === 'stored') return this.checkSpec(r.entry, `budget '${name}'`);
+      if (r.kind === 'default') return undefined;
+    }
+    const stored = await this.ledger.getBudget(name);
+    const r = lookupBudgetName(name, () => stored);
+    if (r.kind === 'stored') return this.checkSpec(r.entry, `budget '${name}'`);
+    if (r.kind === 'default') return undefined;
+    throw new RouterStatusError(grpc.status.NOT_FOUND, `budget '${name}' is not allowed in fleet ${this.config.fleet}`);
   }
 
   private checkSpec(spec: BudgetSpec, what: string): BudgetSpec {
@@ -299,26 +399,76 @@ export class Router {
     }
   }
 
-  /** Picks a worker with room, waiting up to maxQueueMs; degraded mode picks from the last snapshot. promptTokens
-   *  go with the reservation (the prefill work promised to the worker, which least-prefill weighs). */
-  private async place(need: number, promptTokens: number, requestId: string, exclude: Set<string>): Promise<PickResult> {
+  /** The longest prompt + new tokens the fleet serves, as the snapshot shows it: the largest max_model_len a live
+   *  worker publishes; undefined when there is no snapshot or some live worker publishes none (only it can judge). */
+  private fleetMaxModelLen(): number | undefined {
+    const workers = this.snapshot?.workers ?? [];
+    if (workers.length === 0) return undefined;
+    let max = 0;
+    for (const w of workers) {
+      if (!w.max_model_len) return undefined;
+      max = Math.max(max, w.max_model_len);
+    }
+    return max;
+  }
+
+  /** The new tokens a request of n prompt tokens is planned with (its footprint), checked as a worker checks them
+   *  when the fleet's max_model_len is known: a prompt that leaves no room, or max_new_tokens beyond the room, is
+   *  INVALID_ARGUMENT at once (no worker could ever serve it); an absent max_new_tokens is the default within the
+   *  room, as the worker takes it. */
+  private newTokens(n: number, maxNew: number | undefined, promptField: string): number {
+    const maxLen = this.fleetMaxModelLen();
+    if (maxLen === undefined) return maxNew ?? DEFAULT_MAX_NEW_TOKENS;
+    if (n >= maxLen) {
+      throw new RouterStatusError(grpc.status.INVALID_ARGUMENT,
+        `${promptField}: the prompt has ${n} tokens; max_model_len is ${maxLen}, which leaves no room for a new token`);
+    }
+    const room = maxLen - n;
+    if (maxNew === undefined) return Math.min(DEFAULT_MAX_NEW_TOKENS, room);
+    if (maxNew > room) {
+      throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, `sampling.max_new_tokens: ${maxNew} exceeds the model's `
+        + `room: prompt ${n} + max_new_tokens ${maxNew} > max_model_len ${maxLen}`);
+    }
+    return maxNew;
+  }
+
+  /** A request whose footprint exceeds the total pages of every live worker can never be placed: INVALID_ARGUMENT
+   *  at once, as the worker answers it, instead of RESOURCE_EXHAUSTED after maxQueueMs. The snapshot is read again
+   *  first, so a larger worker that joined in the last refresh interval is seen; with no live worker known, the
+   *  request waits for one as before. */
+  private async checkCanFit(need: number, n: number, m: number, spec: BudgetSpec): Promise<void> {
+    const tooSmall = () => {
+      const workers = this.snapshot?.workers ?? [];
+      return workers.length > 0 && workers.every((w) => w.total_pages < need);
+    };
+    if (!tooSmall()) return;
+    if (!this.degraded) await this.refresh();
+    if (!tooSmall()) return;
+    const largest = Math.max(...this.snapshot!.workers.map((w) => w.total_pages));
+    throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, `prompt: can never fit: ${n} prompt tokens + max_new_tokens `
+      + `${m} under budget ${spec.method ?? 'METHOD_UNSPECIFIED'} need ${need} KV pages; the largest worker of fleet `
+      + `${this.config.fleet} has ${largest}`);
+  }
+
+  /** Picks a worker with room and reserves `need` pages there under reservation id `rid` (reservationId), waiting up
+   *  to maxQueueMs; degraded mode picks from the last snapshot. promptTokens go with the reservation (the prefill
+   *  work promised to the worker, which least-prefill weighs). */
+  private async place(need: number, promptTokens: number, rid: string, exclude: Set<string>): Promise<PickResult> {
     const t0 = performance.now();
     const deadline = Date.now() + this.config.maxQueueMs;
     let wait = 10;
     for (;;) {
       let picked: PickResult | null = null;
       try {
-        if (!this.degraded) picked = await this.ledger.pick(need, requestId, { policy: this.config.policy as PickPolicy, ttlMs: this.config.reservationTtlMs, promptTokens });
+        if (!this.degraded) {
+          picked = await this.ledger.pick(need, rid, { policy: this.config.policy as PickPolicy,
+            ttlMs: this.config.reservationTtlMs, promptTokens, exclude: [...exclude] });
+        }
       } catch (err) {
         if (!(err instanceof LedgerError && err.code === 'unavailable')) throw err;
         this.setDegraded(true);
       }
-      if (this.degraded) picked = this.pickDegraded(need, promptTokens, requestId, exclude);
-      if (picked && exclude.has(picked.worker_id)) {
-        // a worker this request already failed on: give its reservation back and look again shortly
-        await this.releaseQuietly(picked.worker_id, requestId);
-        picked = null;
-      }
+      if (this.degraded) picked = this.pickDegraded(need, promptTokens, rid, exclude);
       if (picked) {
         this.m.pick.observe((performance.now() - t0) / 1000);
         return picked;
@@ -333,31 +483,32 @@ export class Router {
   }
 
   /** Degraded pick from the last snapshot (chooseDegraded), reserved locally until released. */
-  private pickDegraded(need: number, promptTokens: number, requestId: string, exclude: Set<string>): PickResult | null {
+  private pickDegraded(need: number, promptTokens: number, rid: string, exclude: Set<string>): PickResult | null {
     const best = chooseDegraded(this.snapshot?.workers ?? [], need, this.config.policy as PickPolicy, this.liveRouters,
       this.localReserved, exclude);
     if (!best) return null;
     let m = this.localReserved.get(best.w.worker_id);
     if (!m) this.localReserved.set(best.w.worker_id, (m = new Map()));
-    m.set(requestId, { pages: need, promptTokens });
+    m.set(rid, { pages: need, promptTokens });
     return { worker_id: best.w.worker_id, addr: best.w.addr, effective_free_after: best.room - need };
   }
 
-  private async releaseQuietly(workerId: string, requestId: string): Promise<void> {
-    this.localReserved.get(workerId)?.delete(requestId);
-    try { await this.ledger.release(workerId, requestId); } catch { /* expires on its own */ }
+  private async releaseQuietly(workerId: string, rid: string): Promise<void> {
+    this.localReserved.get(workerId)?.delete(rid);
+    try { await this.ledger.release(workerId, rid); } catch { /* expires on its own */ }
   }
 
   private async generate(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>): Promise<void> {
     const t0 = performance.now();
     let code = grpc.status.OK;
     try {
-      await this.serve(call, t0);
+      code = await this.serve(call, t0);
     } catch (err) {
       code = err instanceof RouterStatusError ? err.code : grpc.status.INTERNAL;
       const message = err instanceof Error ? err.message : String(err);
       if (code === grpc.status.INTERNAL) this.log.error({ err }, 'generate failed');
-      if (!call.cancelled) call.emit('error', { code, details: message });
+      // a client that went away never sees this answer: it is counted by why the client went
+      if (call.cancelled) code = clientGoneCode(call); else call.emit('error', { code, details: message });
     } finally {
       let counter = this.requestsByCode.get(code);
       if (!counter) this.requestsByCode.set(code, (counter = this.m.requests.labels(grpc.status[code])));
@@ -365,7 +516,9 @@ export class Router {
     }
   }
 
-  private async serve(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, t0: number): Promise<void> {
+  /** Serves one request; returns the status it ended with when no error was thrown: OK, or CANCELLED /
+   *  DEADLINE_EXCEEDED when the client went away (cancelled, or its deadline passed) before the end. */
+  private async serve(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, t0: number): Promise<grpc.status> {
     const req = call.request;
     const requestId = req.request_id || randomUUID();
     const timing: RequestTiming = { received: t0, tokenizeMs: 0, pickStart: 0, placed: 0, forwarded: 0, firstIn: 0, firstOut: 0, attempts: 0 };
@@ -386,22 +539,25 @@ export class Router {
     const sampling = { ...(req.sampling ?? {}) };
     // the router fixes the seed, so a migrated stream draws the same tokens on the next worker
     if (sampling.seed === undefined) sampling.seed = randomSeed();
-    const m = sampling.max_new_tokens ?? 256;
     if (sampling.max_new_tokens !== undefined && sampling.max_new_tokens <= 0) {
       throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, 'sampling.max_new_tokens: must be > 0');
     }
     const spec = await this.resolveBudget(req);
+    const shape = await this.shape(Date.now() + this.config.maxQueueMs);
+    const m = this.newTokens(prompt.length, sampling.max_new_tokens, req.prompt === 'text' ? 'text' : 'token_ids.ids');
+    const need = requestFootprintPages(shape, spec, prompt.length, m);
+    await this.checkCanFit(need, prompt.length, m, spec);
     const streamed: number[] = [...(req.resume_token_ids ?? [])];
     const exclude = new Set<string>();
     let firstToken = true;
     for (let attempt = 1; ; attempt++) {
-      const need = requestFootprintPages(await this.shape(Date.now() + this.config.maxQueueMs), spec, prompt.length, m);
       const pickStart = performance.now();
-      const picked = await this.place(need, prompt.length, requestId, exclude);
+      const rid = reservationId(requestId);
+      const picked = await this.place(need, prompt.length, rid, exclude);
       const placed = performance.now();
       let forwarded = 0;
       const outcome = await this.forward(call, picked, {
-        request_id: requestId, token_ids: { ids: prompt }, sampling, budget: { spec }, resume_token_ids: streamed,
+        request_id: rid, token_ids: { ids: prompt }, sampling, budget: { spec }, resume_token_ids: streamed,
       }, () => { forwarded = performance.now(); }, (tokens) => {
         if (firstToken && tokens.length > 0) {
           firstToken = false;
@@ -418,16 +574,18 @@ export class Router {
           this.onTiming?.(timing);
         }
       });
-      await this.releaseQuietly(picked.worker_id, requestId);
-      if (outcome.kind === 'done' || outcome.kind === 'cancelled') return;
+      await this.releaseQuietly(picked.worker_id, rid);
+      if (outcome.kind === 'done') return grpc.status.OK;
+      if (outcome.kind === 'cancelled') return clientGoneCode(call);
       if (outcome.kind === 'final') throw new RouterStatusError(outcome.code, outcome.message);
-      // the worker failed (it leaves the ledger until its next heartbeat) or was full: the request moves on
+      // the request moves on from this worker; only an unreachable one leaves the ledger (until its next heartbeat):
+      // a full, draining or alive-but-failing worker is flagged by its own heartbeats, and serves other requests
       exclude.add(picked.worker_id);
-      if (outcome.kind === 'failed') {
+      if (outcome.kind === 'unreachable') {
         try { await this.ledger.removeWorker(picked.worker_id); } catch { /* stale entries expire */ }
       }
       if (streamed.length > (req.resume_token_ids?.length ?? 0)) this.m.migrations.inc(); else this.m.retries.inc();
-      this.log.warn({ request: requestId, worker: picked.worker_id, attempt, tokens: streamed.length, err: outcome.message },
+      this.log.warn({ request: requestId, reservation: rid, worker: picked.worker_id, attempt, tokens: streamed.length, err: outcome.message },
         'worker failed; moving the request');
       if (attempt >= this.config.maxAttempts) {
         throw new RouterStatusError(grpc.status.UNAVAILABLE, `request ${requestId}: ${attempt} workers failed (last: ${outcome.message}); retry`);
@@ -435,11 +593,14 @@ export class Router {
     }
   }
 
-  /** Streams one worker's answer to the client. */
+  /** Streams one worker's answer to the client. How a worker error is taken (classifyWorkerError): final (the
+   *  request is wrong: answered as it is), busy (the worker is alive but full, draining or not ready), failed (this
+   *  request failed there) or unreachable (the channel to the worker failed: the only case that takes the worker out
+   *  of the ledger). */
   private forward(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, picked: PickResult,
     wreq: GenerateRequest, onIssued: () => void, onTokens: (t: number[]) => void, onWritten: () => void):
     Promise<{ kind: 'done' } | { kind: 'cancelled' } | { kind: 'final'; code: grpc.status; message: string } |
-      { kind: 'failed' | 'busy'; message: string }> {
+      { kind: 'failed' | 'busy' | 'unreachable'; message: string }> {
     return new Promise((resolve) => {
       // the client went away while the request was being placed: nothing to forward (the caller releases)
       if (call.cancelled) { resolve({ kind: 'cancelled' }); return; }
@@ -447,11 +608,24 @@ export class Router {
       const opts: grpc.CallOptions = deadline instanceof Date || typeof deadline === 'number' ? { deadline } : {};
       const md = new grpc.Metadata();
       if (this.workerToken) md.set('authorization', `Bearer ${this.workerToken}`);
-      const ws = this.clientFor(picked.addr).Generate(wreq, md, opts);
+      const wc = this.clientFor(picked.addr);
+      const ws = wc.Generate(wreq, md, opts);
       onIssued();
       let finished = false;
       const onCancel = () => { ws.cancel(); };
       call.on('cancelled', onCancel);
+      // while it runs, the stream can be abandoned (its worker left the ledger): cancelled there, moved on
+      let abandoned: string | undefined;
+      const entry = { addr: picked.addr, abandon: (why: string) => { abandoned = why; ws.cancel(); } };
+      let set = this.streams.get(picked.worker_id);
+      if (!set) this.streams.set(picked.worker_id, (set = new Set()));
+      set.add(entry);
+      const settle = () => {
+        call.removeListener('cancelled', onCancel);
+        const s = this.streams.get(picked.worker_id);
+        s?.delete(entry);
+        if (s?.size === 0) this.streams.delete(picked.worker_id);
+      };
       ws.on('data', (msg: GenerateResponse) => {
         onTokens(msg.token_ids ?? []);
         call.write(msg);
@@ -459,17 +633,16 @@ export class Router {
         if (msg.finish_reason && msg.finish_reason !== 'FINISH_REASON_UNSPECIFIED') finished = true;
       });
       ws.on('error', (err: grpc.ServiceError) => {
-        call.removeListener('cancelled', onCancel);
-        if (call.cancelled) resolve({ kind: 'cancelled' });
-        else if (FINAL_CODES.has(err.code)) resolve({ kind: 'final', code: err.code, message: err.details });
-        // full, or draining (it is alive: it stays in the ledger, flagged by its own heartbeat)
-        else if (err.code === grpc.status.RESOURCE_EXHAUSTED || (err.code === grpc.status.UNAVAILABLE && /drain/i.test(err.details))) {
-          resolve({ kind: 'busy', message: err.details });
-        }
-        else resolve({ kind: 'failed', message: `${grpc.status[err.code]}: ${err.details}` });
+        settle();
+        // the worker call carries the client's deadline: its expiry is the client's, not a worker failure
+        if (call.cancelled || (err.code === grpc.status.DEADLINE_EXCEEDED && deadlinePassed(call))) { resolve({ kind: 'cancelled' }); return; }
+        if (abandoned !== undefined) { resolve({ kind: 'unreachable', message: abandoned }); return; }
+        const kind = classifyWorkerError(err.code, wc.getChannel().getConnectivityState(false));
+        if (kind === 'final') resolve({ kind, code: err.code, message: err.details });
+        else resolve({ kind, message: `${grpc.status[err.code]}: ${err.details}` });
       });
       ws.on('end', () => {
-        call.removeListener('cancelled', onCancel);
+        settle();
         if (finished) { call.end(); resolve({ kind: 'done' }); } else resolve({ kind: 'failed', message: 'stream ended without a finish reason' });
       });
     });

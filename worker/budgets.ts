@@ -3,14 +3,14 @@
 // budget event and periodically). Requests resolve against the cache synchronously, so a request never waits on
 // Redis and an outage leaves the last known budgets in force.
 //
-// Rules (CONTRACTS.md):
+// Rules (CONTRACTS.md; the name rules are ledger/budget-names.ts, which the router applies too):
 // - a named budget must be in the budgets hash, else NOT_FOUND; 'default' not in the hash means the fleet's default
 //   budget (the default is always allowed);
 // - no name and no inline spec: the fleet default (its name → its spec), else the built-in default budget;
 // - a stored spec that does not validate fails the requests that name it (INVALID_ARGUMENT naming the budget and
 //   field); a bad or missing default falls back to the built-in default, and says so once in the log.
 import type { Logger } from 'pino';
-import { BUILTIN_DEFAULT_BUDGET, parseBudget, type ResolvedBudgetSpec } from '../ledger/index.ts';
+import { BUILTIN_DEFAULT_BUDGET, lookupBudgetName, parseBudget, type ResolvedBudgetSpec } from '../ledger/index.ts';
 import { checkSpec, RequestError, type BudgetSource } from './request.ts';
 
 /** Named budgets cannot be resolved yet: the ledger has not been read since start (retryable, UNAVAILABLE). */
@@ -74,12 +74,12 @@ export class FleetBudgets implements BudgetSource {
   }
 
   named(name: string): ResolvedBudgetSpec {
-    const e = this.entries.get(name);
-    if (e) {
-      if ('error' in e) throw e.error;
-      return { ...e.spec };
+    const r = lookupBudgetName(name, (n) => this.entries.get(n));
+    if (r.kind === 'stored') {
+      if ('error' in r.entry) throw r.entry.error;
+      return { ...r.entry.spec };
     }
-    if (name === 'default') return this.defaultBudget();
+    if (r.kind === 'default') return this.defaultBudget();
     if (!this.loadedOnce) {
       throw new BudgetsUnavailableError(`budget.name: budget '${name}' cannot be resolved yet: the fleet's budgets have `
         + 'not been read from the ledger since this worker started (retry)');

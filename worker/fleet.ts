@@ -40,6 +40,9 @@ export interface FleetMemberOptions {
   /** worker hash TTL in the ledger (default 3000 ms) */
   ttlMs?: number;
   log: Logger;
+  /** the longest prompt + new tokens this worker serves (--max-model-len, else the model's max_position_embeddings),
+   *  published as the ledger field max_model_len so routers can refuse what can never fit; absent: not published */
+  maxModelLen?: number;
   /** the scheduler's capacity snapshot (synchronous) */
   capacity(): CapacitySnapshot;
   draining(): boolean;
@@ -180,6 +183,7 @@ export class FleetMember {
       addr: this.o.addr, total_pages: c.totalPages, free_pages: c.freePages, page_size: c.pageSize,
       num_layers: c.numLayers, num_kv_heads: c.numKvHeads, running: c.running, waiting: c.waiting,
       draining: this.o.draining(), prefill_tokens: c.prefillTokens,
+      ...(this.o.maxModelLen !== undefined ? { max_model_len: this.o.maxModelLen } : {}),
     };
     const admitted = [...this.admittedIds];
     const rejected = [...this.rejectedIds];

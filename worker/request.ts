@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import type { BudgetSelector, BudgetSpec, GenerateRequest } from '../proto/index.ts';
 import { BUILTIN_DEFAULT_BUDGET, BudgetSpecError, resolveBudgetSpec, type ResolvedBudgetSpec } from '../ledger/footprint.ts';
+import { BudgetSelectorError, budgetChoice, DEFAULT_BUDGET_NAME, lookupBudgetName } from '../ledger/budget-names.ts';
 import type { EngineBudget } from './engine.ts';
 import type { Tokenizer } from './tokenizer.ts';
 
@@ -64,25 +65,28 @@ export interface BudgetSource {
   named(name: string): ResolvedBudgetSpec;
 }
 
-/** Without a ledger only the built-in default budget exists, under the name 'default'. */
+/** Without a ledger only the built-in default budget exists, under the name 'default' (ledger/budget-names.ts). */
 export const BUILTIN_BUDGETS: BudgetSource = {
   defaultBudget: () => ({ ...BUILTIN_DEFAULT_BUDGET }),
   named(name) {
-    if (name === 'default') return { ...BUILTIN_DEFAULT_BUDGET };
-    throw new RequestError('NOT_FOUND', 'budget.name', `unknown budget '${name}' (this worker is in no fleet and knows only 'default')`);
+    if (lookupBudgetName(name, () => undefined).kind === 'default') return { ...BUILTIN_DEFAULT_BUDGET };
+    throw new RequestError('NOT_FOUND', 'budget.name', `unknown budget '${name}' (this worker is in no fleet and knows only '${DEFAULT_BUDGET_NAME}')`);
   },
 };
 
-/** The budget a request runs under: inline spec (validated), a name the source knows, or the source's default. */
+/** The budget a request runs under: inline spec (validated), a name the source knows, or the source's default; the
+ *  selector rules are the router's too (ledger/budget-names.ts). */
 export function resolveSelector(sel: BudgetSelector | undefined, budgets: BudgetSource = BUILTIN_BUDGETS): ResolvedBudgetSpec {
-  if (sel === undefined || sel === null || (sel.selector === undefined && sel.name === undefined && sel.spec === undefined)) {
-    return budgets.defaultBudget();
+  let choice;
+  try {
+    choice = budgetChoice(sel);
+  } catch (err) {
+    if (err instanceof BudgetSelectorError) throw invalid(err.field, err.reason);
+    throw err;
   }
-  if (sel.selector === 'name' || (sel.selector === undefined && sel.name !== undefined)) {
-    if (!sel.name) throw invalid('budget.name', 'is empty');
-    return budgets.named(sel.name);
-  }
-  return checkSpec(sel.spec ?? {});
+  if (choice.kind === 'default') return budgets.defaultBudget();
+  if (choice.kind === 'name') return budgets.named(choice.name);
+  return checkSpec(choice.spec);
 }
 
 /** Fills defaults and checks every field (footprint fields and those only the engine reads); errors name

@@ -68,12 +68,17 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       expect(snap.workers[0]).toMatchObject({
         worker_id: 'w1', addr: '10.0.0.1:7000', total_pages: 1000, free_pages: 400, page_size: 16, num_layers: 2,
         num_kv_heads: 2, running: 3, waiting: 1, draining: false, reserved_pages: 30, reservations: 1, effective_free: 370,
-        prefill_tokens: 0,   // published none
+        prefill_tokens: 0, max_model_len: 0,   // published none
       });
       expect(snap.workers[0].heartbeat_ms).toBe(hb.now_ms);
       expect(snap.now_ms).toBeGreaterThanOrEqual(hb.now_ms);
       // kv_pressure = (total − free + reserved) / total = (1000 − 400 + 30) / 1000
       expect(workerPressure(snap.workers[0])).toBeCloseTo(0.63, 10);
+      // max_model_len (extension) is published by a heartbeat that carries it, and gone with one that does not
+      await ledger.heartbeat('w1', fields(400, { addr: '10.0.0.1:7000', max_model_len: 8192 }), { ttlMs: LONG });
+      expect((await ledger.snapshot()).workers[0].max_model_len).toBe(8192);
+      await ledger.heartbeat('w1', fields(400, { addr: '10.0.0.1:7000' }), { ttlMs: LONG });
+      expect((await ledger.snapshot()).workers[0].max_model_len).toBe(0);
     });
 
     it('most-free picks the largest effective free, best-fit the smallest that fits', async () => {
@@ -163,6 +168,36 @@ export function ledgerConformance(name: string, makeHarness: () => Promise<Ledge
       expect(chosen.get('big') ?? 0).toBeGreaterThan(chosen.get('mid') ?? 0);
       // with a single fitting worker p2c takes it
       expect((await ledger.pick(600, 'only', { policy: 'p2c' }))?.worker_id).toBe('big');
+    });
+
+    it('a pick never chooses an excluded worker: every policy takes the next best, and the excluded keep their scores', async () => {
+      await ledger.heartbeat('a', fields(300, { addr: 'a:1' }), { ttlMs: LONG });
+      await ledger.heartbeat('b', fields(200, { addr: 'b:1', prefill_tokens: 50 }), { ttlMs: LONG });
+      await ledger.heartbeat('c', fields(100, { addr: 'c:1', prefill_tokens: 10 }), { ttlMs: LONG });
+      const pick = async (policy: PickPolicy, rid: string, exclude: string[], need = 10) => {
+        const r = await ledger.pick(need, rid, { policy, exclude });
+        if (r) expect(await ledger.release(r.worker_id, rid)).toBe(need);
+        return r?.worker_id ?? null;
+      };
+      // most-free: a is the top; excluded, b; a and b excluded, c
+      expect(await pick('most-free', 'm1', ['a'])).toBe('b');
+      expect(await pick('most-free', 'm2', ['a', 'b'])).toBe('c');
+      // best-fit: c is the smallest that fits; excluded, b
+      expect(await pick('best-fit', 'f1', ['c'])).toBe('b');
+      // least-prefill: a has the least load (0); excluded, c (10); a and c excluded, b
+      expect(await pick('least-prefill', 'l1', ['a'])).toBe('c');
+      expect(await pick('least-prefill', 'l2', ['a', 'c'])).toBe('b');
+      // p2c: with a excluded only b and c fit, and the larger, b, always wins
+      for (let i = 0; i < 20; i++) expect(await pick('p2c', `p${i}`, ['a'])).toBe('b');
+      // the only worker with room excluded: nothing, for every policy (an unknown id changes nothing)
+      for (const policy of ['most-free', 'best-fit', 'p2c', 'least-prefill'] as PickPolicy[]) {
+        expect(await pick(policy, `n-${policy}`, ['a', 'nobody'], 250)).toBeNull();
+      }
+      // the excluded workers kept their index and prefill scores: picks without exclusion see them as before
+      expect(await ledger.pick(10, 'after', { policy: 'most-free' })).toEqual({ worker_id: 'a', addr: 'a:1', effective_free_after: 290 });
+      expect((await ledger.pick(10, 'after-lp', { policy: 'least-prefill' }))?.worker_id).toBe('a');
+      const snap = await ledger.snapshot();
+      expect(snap.workers.map((w) => [w.worker_id, w.effective_free, w.reservations])).toEqual([['a', 280, 2], ['b', 200, 0], ['c', 100, 0]]);
     });
 
     it('8 clients picking concurrently never reserve more than a worker has free', async () => {

@@ -100,14 +100,16 @@ describe('router placement by prompt tokens', () => {
       const call = c.Generate({ request_id: 'rq-tokens', token_ids: { ids: Array.from({ length: 37 }, (_, i) => 5 + i) } });
       const ended = new Promise<grpc.ServiceError>((resolve) => { call.on('error', resolve); call.on('data', () => {}); });
       const key = ledger.keys.tokens('w-hole');
+      // the reservation id is the request id plus a per-attempt suffix (reservationId)
+      const tokens = async () => Object.entries(await raw.hgetall(key)).filter(([rid]) => rid.startsWith('rq-tokens/')).map(([, v]) => v);
       const deadline = Date.now() + 5000;
-      while (await raw.hget(key, 'rq-tokens') === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-      expect(await raw.hget(key, 'rq-tokens')).toBe('37');
+      while ((await tokens()).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(await tokens()).toEqual(['37']);
       expect(Number(await raw.zscore(ledger.keys.prefill, 'w-hole'))).toBe(37);
       call.cancel();
       expect((await ended).code).toBe(grpc.status.CANCELLED);
-      while (await raw.hget(key, 'rq-tokens') !== null && Date.now() < deadline + 5000) await new Promise((r) => setTimeout(r, 10));
-      expect(await raw.hget(key, 'rq-tokens')).toBeNull();
+      while ((await tokens()).length > 0 && Date.now() < deadline + 5000) await new Promise((r) => setTimeout(r, 10));
+      expect(await tokens()).toEqual([]);
       expect(Number(await raw.zscore(ledger.keys.prefill, 'w-hole'))).toBe(0);
     } finally {
       c.close();
