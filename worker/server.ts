@@ -371,7 +371,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
     fleet = await FleetMember.start({
       ...(opts.ledger !== undefined ? { ledger: opts.ledger } : { redisUrl: cfg.redis, redisPassword }),
       namespace: fn.namespace, fleet: fn.fleet, workerId, addr: advertised,
-      heartbeatMs: cfg.heartbeatMs, budgetRefreshMs: cfg.budgetRefreshMs, log,
+      heartbeatMs: cfg.heartbeatMs, budgetRefreshMs: cfg.budgetRefreshMs, log, maxModelLen,
       capacity: snapshot, draining: () => draining || scheduler.draining, queued: () => scheduler.waitingIds(),
       onDrainOrder: () => { void drain('order'); },
       onUndrainOrder: () => { void undrain('order'); },

@@ -85,7 +85,10 @@ describe('ledger heartbeat', () => {
       const key = f.ledger.keys.worker('pod-hb');
       const h = await until('the worker hash', async () => { const x = await raw.hgetall(key); return x.addr ? x : undefined; });
       expect(h).toMatchObject({ addr: `127.0.0.1:${t.w.port}`, total_pages: '4096', free_pages: '4096', page_size: String(P),
-        num_layers: String(L), num_kv_heads: String(Hk), running: '0', waiting: '0', draining: '0', prefill_tokens: '0' });
+        num_layers: String(L), num_kv_heads: String(Hk), running: '0', waiting: '0', draining: '0', prefill_tokens: '0',
+        // the routers check prompt + max_new_tokens against it before picking (the tiny model's context)
+        max_model_len: String(t.w.maxModelLen) });
+      expect(t.w.maxModelLen).toBeGreaterThan(0);
       expect(Number(h.heartbeat_ms)).toBeGreaterThan(0);
       expect(await raw.sismember(f.ledger.keys.workers, 'pod-hb')).toBe(1);
       const pttl = await raw.pttl(key);
