@@ -343,9 +343,12 @@ export function renderChildren(fleet: Fleet, url: string, o: RenderOptions): Chi
   return out;
 }
 
-/** Children a Fleet may have had under another spec (a managed Redis, before redis.url was set). */
+/** Children a Fleet may have had under another spec or version (a managed Redis before redis.url was set; the old ServiceAccount). */
 export function optionalChildren(fleet: Fleet): { apiVersion: string; kind: string; name: string }[] {
-  if (fleet.spec.redis.url === undefined) return [];
+  // the ServiceAccount a Fleet had before it was named <fleet>-kvfleet (deleted only where this Fleet controls it;
+  // left, it could also hold the new name of another Fleet's ServiceAccount: Fleets `a` and `a-kvfleet`)
+  const legacy = { apiVersion: 'v1', kind: 'ServiceAccount', name: fleet.metadata.name };
+  if (fleet.spec.redis.url === undefined) return [legacy];
   const n = childNames(fleet.metadata.name);
-  return [{ apiVersion: 'apps/v1', kind: 'Deployment', name: n.redis }, { apiVersion: 'v1', kind: 'Service', name: n.redis }];
+  return [legacy, { apiVersion: 'apps/v1', kind: 'Deployment', name: n.redis }, { apiVersion: 'v1', kind: 'Service', name: n.redis }];
 }

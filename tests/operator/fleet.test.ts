@@ -261,6 +261,8 @@ describe('Fleet reconciler: names already taken', () => {
     const ns = await c.namespace();
     // a user's ConfigMap with the name the Fleet's engine ConfigMap would have
     await c.core.createNamespacedConfigMap({ namespace: ns, body: { metadata: { name: 'llm-engine', labels: { team: 'search' } }, data: { mine: 'yes' } } });
+    // and a ServiceAccount named as the Fleet (what earlier versions named theirs): not the Fleet's, so it stays
+    await c.core.createNamespacedServiceAccount({ namespace: ns, body: { metadata: { name: 'llm' } } });
     await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'llm', { redis: { url: redisUrl } }) });
     const op = await informersOnly(ns);
     const r = op.reconciler(FLEET_CONTROLLER);
@@ -273,11 +275,12 @@ describe('Fleet reconciler: names already taken', () => {
     expect(cm.metadata.ownerReferences).toBeUndefined();
     expect(cm.metadata.labels).toEqual({ team: 'search' });
     // the ServiceAccount is <fleet>-kvfleet, never the bare Fleet name (a Fleet `default` was the namespace's own)
-    expect(children(ns).filter((x) => x.startsWith('ServiceAccount/'))).toEqual(['ServiceAccount/llm-kvfleet']);
+    expect(children(ns).filter((x) => x.startsWith('ServiceAccount/'))).toEqual(['ServiceAccount/llm', 'ServiceAccount/llm-kvfleet']);
 
     await c.core.deleteNamespacedConfigMap({ namespace: ns, name: 'llm-engine' });
     await r.reconcile(`${ns}/llm`);
     expect(cond(await getFleet(ns, 'llm'), 'Degraded')).toMatchObject({ status: 'False' });
+    expect(c.server.object('', 'serviceaccounts', ns, 'llm')).toBeDefined();
     expect((c.server.object('', 'configmaps', ns, 'llm-engine')!.metadata as JsonObject).ownerReferences).toHaveLength(1);
   });
 });

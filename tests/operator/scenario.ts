@@ -34,7 +34,10 @@ export async function operatorScenario(redisUrl: string): Promise<CallRecord[]> 
     await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'llm', { redis: { url: redisUrl }, budgetRef: { name: 'snap' },
       workers: { replicas: 1 }, autoscaling: { enabled: true, minReplicas: 1, maxReplicas: 4, scaleUpStabilizationSeconds: 0,
         scaleDownStabilizationSeconds: 0, drainTimeoutSeconds: 30 } }) });
-    await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'managed', {}) });
+    const managed = await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'managed', {}) }) as { metadata: { uid: string } };
+    // the ServiceAccount an earlier operator version made for it, named after the Fleet: deleted on upgrade
+    c.server.put({ apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'managed', namespace: ns, ownerReferences: [{ apiVersion: 'kvfleet.io/v1alpha1',
+      kind: 'Fleet', name: 'managed', uid: managed.metadata.uid, controller: true, blockOwnerDeletion: true }] } });
     for (const name of ['llm-workers-a', 'llm-workers-b']) {
       c.server.put({ apiVersion: 'v1', kind: 'Pod', metadata: { name, namespace: ns, labels: { 'app.kubernetes.io/name': 'kvfleet',
         'app.kubernetes.io/component': 'worker', 'app.kubernetes.io/instance': 'llm' } }, spec: { containers: [{ name: 'worker', image: 'x' }] } });
@@ -66,6 +69,8 @@ export async function operatorScenario(redisUrl: string): Promise<CallRecord[]> 
       await eventually(() => spec('llm').workers.replicas === 1, 'a scale-down to 1', 10_000);
       // the managed Redis exists, then the Fleet moves to an external Redis and the operator deletes the managed one
       await eventually(() => c.server.object('apps', 'deployments', ns, 'managed-redis') !== undefined, 'the managed Redis', 10_000);
+      await eventually(() => c.server.object('', 'serviceaccounts', ns, 'managed') === undefined, 'the old ServiceAccount deleted', 10_000);
+      if (!c.server.object('', 'serviceaccounts', ns, 'managed-kvfleet')) throw new Error('scenario: the ServiceAccount managed-kvfleet is missing');
       const m = c.server.object('kvfleet.io', 'fleets', ns, 'managed')!;
       c.server.put({ ...m, spec: { ...(m.spec as JsonObject), redis: { url: redisUrl } } });
       await eventually(() => c.server.object('apps', 'deployments', ns, 'managed-redis') === undefined, 'the managed Redis removed', 10_000);
