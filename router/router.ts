@@ -214,6 +214,7 @@ export class Router {
       requests: new client.Counter({ name: 'kvfleet_router_requests_total', help: 'Generate calls by final status code', labelNames: ['code'], registers: [r] }),
       retries: new client.Counter({ name: 'kvfleet_router_retries_total', help: 'worker failures before the first token that led to another pick', registers: [r] }),
       migrations: new client.Counter({ name: 'kvfleet_router_migrations_total', help: 'streams moved to another worker after their first token', registers: [r] }),
+      pauses: new client.Counter({ name: 'kvfleet_router_backpressure_pauses_total', help: 'times a worker stream was paused because its client stream was full (a client reading slower than tokens come)', registers: [r] }),
       degraded: new client.Gauge({ name: 'kvfleet_router_degraded', help: '1 while the ledger is unreachable and routing runs from the last snapshot', registers: [r] }),
       pick: new client.Histogram({ name: 'kvfleet_router_pick_seconds', help: 'time to place a request (pick + waiting for room)', buckets: [0.00025, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: [r] }),
       // what this router itself adds to a request's time to first token: handler start → worker call issued (token
@@ -596,11 +597,22 @@ export class Router {
   /** Streams one worker's answer to the client. How a worker error is taken (classifyWorkerError): final (the
    *  request is wrong: answered as it is), busy (the worker is alive but full, draining or not ready), failed (this
    *  request failed there) or unreachable (the channel to the worker failed: the only case that takes the worker out
-   *  of the ledger). */
+   *  of the ledger).
+   *
+   *  Backpressure: when the client stream's buffer is full (call.write returns false: a client reading slower than
+   *  tokens come), the worker stream is paused until the client stream drains. grpc-js then stops reading that HTTP/2
+   *  stream, its receive window fills, the worker's own write returns false and the worker pauses this request (its
+   *  decodes wait, the batch goes on). What the router holds per stream is bounded by the two streams' buffers and
+   *  windows, and only this stream waits: Node's HTTP/2 gives the connection window back as data arrives, so other
+   *  streams on the same worker channel go on. A paused stream keeps every liveness check: a transport failure or
+   *  keepalive timeout, a cancel (client gone, its deadline, the worker left the ledger) ends the worker call with a
+   *  non-OK status, which grpc-js reports at once, paused or not; the worker messages still buffered then were
+   *  never written to the client, so they are not in the resumed tokens either, and they are dropped. */
   private forward(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>, picked: PickResult,
     wreq: GenerateRequest, onIssued: () => void, onTokens: (t: number[]) => void, onWritten: () => void):
     Promise<{ kind: 'done' } | { kind: 'cancelled' } | { kind: 'final'; code: grpc.status; message: string } |
       { kind: 'failed' | 'busy' | 'unreachable'; message: string }> {
+    type Outcome = Awaited<ReturnType<Router['forward']>>;
     return new Promise((resolve) => {
       // the client went away while the request was being placed: nothing to forward (the caller releases)
       if (call.cancelled) { resolve({ kind: 'cancelled' }); return; }
@@ -612,39 +624,57 @@ export class Router {
       const ws = wc.Generate(wreq, md, opts);
       onIssued();
       let finished = false;
-      const onCancel = () => { ws.cancel(); };
-      call.on('cancelled', onCancel);
+      // set once the outcome is decided: what the worker stream does later is not forwarded (nor resumed)
+      let over = false;
+      let paused = false;
+      const onDrain = () => { paused = false; if (!over) ws.resume(); };
+      const pause = () => {
+        if (paused) return;
+        paused = true;
+        this.m.pauses.inc();
+        ws.pause();
+        call.once('drain', onDrain);
+      };
       // while it runs, the stream can be abandoned (its worker left the ledger): cancelled there, moved on
       let abandoned: string | undefined;
       const entry = { addr: picked.addr, abandon: (why: string) => { abandoned = why; ws.cancel(); } };
       let set = this.streams.get(picked.worker_id);
       if (!set) this.streams.set(picked.worker_id, (set = new Set()));
       set.add(entry);
-      const settle = () => {
+      const end = (outcome: Outcome) => {
+        if (over) return;
+        over = true;
         call.removeListener('cancelled', onCancel);
+        call.removeListener('drain', onDrain);
         const s = this.streams.get(picked.worker_id);
         s?.delete(entry);
         if (s?.size === 0) this.streams.delete(picked.worker_id);
+        resolve(outcome);
       };
+      // the client went away (cancelled, or its deadline passed): the worker call goes too, paused or not
+      const onCancel = () => { ws.cancel(); end({ kind: 'cancelled' }); };
+      call.on('cancelled', onCancel);
       ws.on('data', (msg: GenerateResponse) => {
+        if (over) return;
         onTokens(msg.token_ids ?? []);
-        call.write(msg);
+        const room = call.write(msg);
         onWritten();
         if (msg.finish_reason && msg.finish_reason !== 'FINISH_REASON_UNSPECIFIED') finished = true;
+        if (!room) pause();
       });
       ws.on('error', (err: grpc.ServiceError) => {
-        settle();
         // the worker call carries the client's deadline: its expiry is the client's, not a worker failure
-        if (call.cancelled || (err.code === grpc.status.DEADLINE_EXCEEDED && deadlinePassed(call))) { resolve({ kind: 'cancelled' }); return; }
-        if (abandoned !== undefined) { resolve({ kind: 'unreachable', message: abandoned }); return; }
+        if (call.cancelled || (err.code === grpc.status.DEADLINE_EXCEEDED && deadlinePassed(call))) { end({ kind: 'cancelled' }); return; }
+        if (abandoned !== undefined) { end({ kind: 'unreachable', message: abandoned }); return; }
         const kind = classifyWorkerError(err.code, wc.getChannel().getConnectivityState(false));
-        if (kind === 'final') resolve({ kind, code: err.code, message: err.details });
-        else resolve({ kind, message: `${grpc.status[err.code]}: ${err.details}` });
+        if (kind === 'final') end({ kind, code: err.code, message: err.details });
+        else end({ kind, message: `${grpc.status[err.code]}: ${err.details}` });
       });
       ws.on('end', () => {
-        settle();
-        if (finished) { call.end(); resolve({ kind: 'done' }); } else resolve({ kind: 'failed', message: 'stream ended without a finish reason' });
+        if (finished) { if (!over) call.end(); end({ kind: 'done' }); } else end({ kind: 'failed', message: 'stream ended without a finish reason' });
       });
+      // a stream that moved here from another worker may find the client stream still full
+      if (call.writableNeedDrain) pause();
     });
   }
 

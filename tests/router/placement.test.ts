@@ -393,6 +393,61 @@ describe('router: a worker that stops answering mid-stream', () => {
     expect((await ledger.snapshot()).workers.map((w) => w.worker_id)).toEqual(['B']);   // A unreachable: removed
   });
 
+  it('a stream paused by a slow client keeps a worker that answers pings; frozen, the worker is dropped and the stream moves on', async () => {
+    // A streams 10, 11, ... as fast as the stream takes them, waiting for 'drain' when its buffer is full
+    const calls: Call[] = [];
+    const a = await scriptedWorker('A', 4000, (call, w) => {
+      calls.push(call);
+      let i = 10;
+      const pump = () => {
+        while (!call.cancelled) if (!call.write({ token_ids: [i++], text: 'x', worker_id: w.id })) { call.once('drain', pump); return; }
+      };
+      pump();
+    });
+    const proxy = await freezableProxy(a.addr);
+    cleanups.push(() => proxy.close());
+    a.fields.addr = proxy.addr;
+    const b = await scriptedWorker('B', 1000, answer(2));
+    const { router, ledger } = await fleetWith([a, b], { policy: 'most-free', workerKeepaliveMs: 300,
+      workerKeepaliveTimeoutMs: 300, workerGoneMs: 600_000 });
+    const pauses = async () => (await router.registry.getSingleMetric('kvfleet_router_backpressure_pauses_total')?.get())?.values[0]?.value ?? 0;
+    const slow = generationClient(`127.0.0.1:${router.port}`, grpc.credentials.createInsecure(), { 'grpc-node.flow_control_window': 4096 });
+    cleanups.push(async () => slow.close());
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const stream = slow.Generate({ token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 3000 } }, new grpc.Metadata(),
+      { deadline: Date.now() + 20_000 });
+    const got: GenerateResponse[] = [];
+    let err: grpc.ServiceError | undefined, ended = false;
+    stream.on('data', (m: GenerateResponse) => { got.push(m); if (got.length === 1) stream.pause(); });
+    stream.on('error', (e: grpc.ServiceError) => { err = e; });
+    stream.on('end', () => { ended = true; });
+    for (let i = 0; i < 100 && await pauses() === 0; i++) await sleep(20);
+    expect(await pauses()).toBeGreaterThan(0);
+    // paused for several keepalive periods (ping 300 ms, timeout 300 ms): pings are answered, the stream stays on A
+    await sleep(1500);
+    expect(calls).toHaveLength(1);
+    expect(calls[0].cancelled).toBe(false);
+    expect(b.received).toHaveLength(0);
+    // A freezes while the stream is paused: keepalive fails its channel, the stream moves on before the client reads
+    proxy.freeze();
+    const frozenAt = Date.now();
+    for (let i = 0; i < 200 && b.received.length === 0; i++) await sleep(20);
+    expect(b.received).toHaveLength(1);
+    expect(Date.now() - frozenAt).toBeLessThan(3000);
+    expect((await ledger.snapshot()).workers.map((w) => w.worker_id)).toEqual(['B']);
+    // what B resumes from is exactly what went to the client stream: reading again, each token arrives once
+    stream.resume();
+    for (let i = 0; i < 200 && !ended && !err; i++) await sleep(20);
+    expect(err).toBeUndefined();
+    expect(ended).toBe(true);
+    const resumed = b.received[0].resume_token_ids ?? [];
+    expect(resumed.length).toBeGreaterThan(0);
+    const tokens = got.flatMap((m) => m.token_ids ?? []);
+    expect(tokens).toEqual([...resumed, 10, 11]);
+    expect(resumed).toEqual(Array.from({ length: resumed.length }, (_, i) => 10 + i));
+    expect(got.at(-1)).toMatchObject({ finish_reason: 'LENGTH', worker_id: 'B' });
+  });
+
   it('a worker that leaves the ledger has its streams cancelled and moved after workerGoneMs; a short absence does not', async () => {
     const calls: Call[] = [];
     const a = await scriptedWorker('A', 4000, endless(calls));
