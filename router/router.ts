@@ -157,6 +157,8 @@ export class Router {
   private readonly streams = new Map<string, Set<{ addr: string; abandon: (why: string) => void }>>();
   // worker id -> when a snapshot first missed that worker while streams were on it (Date.now() ms)
   private readonly missingSince = new Map<string, number>();
+  /** the last refresh read the ledger (see abandonGoneWorkers) */
+  private lastRefreshOk = true;
   private timers: NodeJS.Timeout[] = [];
   private metricsServer: http.Server | undefined;
   private closed = false;
@@ -257,6 +259,10 @@ export class Router {
         this.ledger.listBudgets(), this.ledger.getDefaultBudget()]);
       this.liveRouters = routers;
       this.snapshot = snapshot;
+      // a worker's absence counts only across consecutive good snapshots: after a failed refresh (Redis down or
+      // restarting) workers are re-registering, and the time the ledger was out of sight proves nothing
+      if (!this.lastRefreshOk) this.missingSince.clear();
+      this.lastRefreshOk = true;
       this.budgets = { all, def };
       if (this.degraded) this.log.info('ledger reachable again: leaving degraded mode');
       this.setDegraded(false);
@@ -267,6 +273,7 @@ export class Router {
       for (const set of this.streams.values()) for (const s of set) live.add(s.addr);
       for (const [addr, c] of this.clients) if (!live.has(addr)) { c.close(); this.clients.delete(addr); }
     } catch (err) {
+      this.lastRefreshOk = false;
       if (err instanceof LedgerError && err.code === 'unavailable') this.setDegraded(true);
       else this.log.warn({ err }, 'ledger refresh failed');
     }
@@ -401,7 +408,8 @@ export class Router {
   }
 
   /** The longest prompt + new tokens the fleet serves, as the snapshot shows it: the largest max_model_len a live
-   *  worker publishes; undefined when there is no snapshot or some live worker publishes none (only it can judge). */
+   *  worker publishes (workers with a smaller one are passed over for longer requests); undefined when there is no
+   *  snapshot or some live worker publishes none (only it can judge). */
   private fleetMaxModelLen(): number | undefined {
     const workers = this.snapshot?.workers ?? [];
     if (workers.length === 0) return undefined;
@@ -549,7 +557,10 @@ export class Router {
     const need = requestFootprintPages(shape, spec, prompt.length, m);
     await this.checkCanFit(need, prompt.length, m, spec);
     const streamed: number[] = [...(req.resume_token_ids ?? [])];
-    const exclude = new Set<string>();
+    // workers whose own max_model_len is too small for this request (a mixed fleet, or a rollout that changes it):
+    // they would refuse it with a final INVALID_ARGUMENT although a larger worker can serve it
+    const exclude = new Set((this.snapshot?.workers ?? [])
+      .filter((w) => w.max_model_len && prompt.length + m > w.max_model_len).map((w) => w.worker_id));
     let firstToken = true;
     for (let attempt = 1; ; attempt++) {
       const pickStart = performance.now();

@@ -11,6 +11,7 @@ import { parseRouterConfig } from '../../router/config.ts';
 import { Router } from '../../router/router.ts';
 import { FleetBudgets } from '../../worker/budgets.ts';
 import { checkSpec, resolveSelector, type RequestError } from '../../worker/request.ts';
+import { startRedis } from '../harness/redis.ts';
 import { generate } from '../worker/helpers.ts';
 
 type Call = grpc.ServerWritableStream<GenerateRequest, GenerateResponse>;
@@ -179,6 +180,22 @@ describe('router answers for requests no worker can ever serve', () => {
     // exactly the room is fine (3 + 509 tokens: 132 pages)
     const exact = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 509 }, budget: { spec: { method: 'FULL' } } });
     expect(exact.error).toBeUndefined();
+  });
+
+  it('in a fleet of mixed max_model_len, a request only the larger workers can hold goes to one of them', async () => {
+    // the small worker has the most room (every policy's first pick) but would refuse 3 + 300 tokens for good
+    const small = await scriptedWorker('small', 4000, refuse(grpc.status.INVALID_ARGUMENT, 'sampling.max_new_tokens: exceeds the room'),
+      { max_model_len: 256 });
+    const large = await scriptedWorker('large', 1000, answer(2), { max_model_len: 4096 });
+    const { client } = await fleetWith([small, large]);
+    const r = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 300 } });
+    expect(r.error).toBeUndefined();
+    expect(r.last?.worker_id).toBe('large');
+    expect(small.received).toHaveLength(0);
+    // a short request may still go to the small one
+    const short = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 2 } });
+    expect(short.error?.details).toBe('sampling.max_new_tokens: exceeds the room');   // the scripted refusal: it was picked
+    expect(small.received).toHaveLength(1);
   });
 
   it('a live worker that publishes no max_model_len leaves the judgement to the worker', async () => {
@@ -473,5 +490,44 @@ describe('router: a worker that stops answering mid-stream', () => {
     expect(Date.now() - goneAt).toBeLessThan(4000);
     expect(calls[0].cancelled).toBe(true);
     expect(b.received[0].resume_token_ids?.length).toBeGreaterThan(0);
+  });
+
+  it('time the ledger is out of sight does not count as a worker\'s absence: a Redis restart moves no healthy stream', async () => {
+    const own = await startRedis();
+    const restarted: { server?: Awaited<ReturnType<typeof startRedis>> } = {};
+    cleanups.push(async () => { await own.stop(); await restarted.server?.stop(); });
+    const calls: Call[] = [];
+    const a = await scriptedWorker('A', 4000, endless(calls));
+    const b = await scriptedWorker('B', 1000, answer(2));
+    const ledger = await RedisLedger.connect({ redis: own.url, namespace: `test-${process.pid}`, fleet: `restart-${++seq}` });
+    cleanups.push(() => ledger.close());
+    for (const w of [a, b]) await ledger.heartbeat(w.id, w.fields, { ttlMs: 60_000 });
+    const router = await Router.start(parseRouterConfig({ port: 0, redis: own.url, fleet: `test-${process.pid}/restart-${seq}`, metricsPort: 0,
+      policy: 'most-free', workerGoneMs: 1500 }), pino({ level: 'silent' }));
+    cleanups.push(() => router.close());
+    const client = generationClient(`127.0.0.1:${router.port}`);
+    cleanups.push(async () => client.close());
+    for (const w of [a, b]) cleanups.push(() => w.close());
+    const p = generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 1000 } }, { deadlineMs: 20_000 });
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    await sleep(300);
+    expect(calls).toHaveLength(1);
+    // a snapshot misses A (the instant before Redis goes), then Redis is away for longer than workerGoneMs
+    await ledger.removeWorker('A');
+    await sleep(700);
+    await own.stop();
+    await sleep(2000);
+    restarted.server = await startRedis({ port: own.port });
+    // the router's first snapshots of the empty new Redis show no A; A re-registers with its next heartbeats
+    await sleep(600);
+    for (const w of [a, b]) await ledger.heartbeat(w.id, w.fields, { ttlMs: 60_000 });
+    await sleep(1200);
+    expect(calls[0].cancelled).toBe(false);
+    expect(b.received).toHaveLength(0);
+    // and A going for good is still noticed
+    await ledger.removeWorker('A');
+    const r = await p;
+    expect(r.error).toBeUndefined();
+    expect(r.last?.worker_id).toBe('B');
   });
 });
