@@ -460,13 +460,15 @@ export class Router {
   }
 
   /** Picks a worker with room and reserves `need` pages there under reservation id `rid` (reservationId), waiting up
-   *  to maxQueueMs; degraded mode picks from the last snapshot. promptTokens go with the reservation (the prefill
+   *  to maxQueueMs, or null as soon as `gone()` (the client went away); degraded mode picks from the last snapshot. promptTokens go with the reservation (the prefill
    *  work promised to the worker, which least-prefill weighs). */
-  private async place(need: number, promptTokens: number, rid: string, exclude: Set<string>): Promise<PickResult> {
+  private async place(need: number, promptTokens: number, rid: string, exclude: Set<string>, gone: () => boolean): Promise<PickResult | null> {
     const t0 = performance.now();
     const deadline = Date.now() + this.config.maxQueueMs;
     let wait = 10;
     for (;;) {
+      // a client that went away while its request waited stops the wait: nothing is reserved for it
+      if (gone()) return null;
       let picked: PickResult | null = null;
       try {
         if (!this.degraded) {
@@ -565,7 +567,8 @@ export class Router {
     for (let attempt = 1; ; attempt++) {
       const pickStart = performance.now();
       const rid = reservationId(requestId);
-      const picked = await this.place(need, prompt.length, rid, exclude);
+      const picked = await this.place(need, prompt.length, rid, exclude, () => call.cancelled);
+      if (!picked) return clientGoneCode(call);
       const placed = performance.now();
       let forwarded = 0;
       const outcome = await this.forward(call, picked, {
