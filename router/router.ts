@@ -157,6 +157,8 @@ export class Router {
   private readonly streams = new Map<string, Set<{ addr: string; abandon: (why: string) => void }>>();
   // worker id -> when a snapshot first missed that worker while streams were on it (Date.now() ms)
   private readonly missingSince = new Map<string, number>();
+  /** the unusable fleet default last logged (name and spec), so it is logged once per change */
+  private badDefaultLogged = '';
   /** the last refresh read the ledger (see abandonGoneWorkers) */
   private lastRefreshOk = true;
   private timers: NodeJS.Timeout[] = [];
@@ -358,16 +360,9 @@ export class Router {
         // the name stands for the fleet's default budget
       }
       const cached = this.budgets;
-      if (cached && !this.degraded) {
-        const spec = cached.def ? cached.all[cached.def] : undefined;
-        return spec ? this.checkSpec(spec, `default budget '${cached.def}'`) : { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
-      }
+      if (cached && !this.degraded) return this.defaultSpec(cached.def, cached.def ? cached.all[cached.def] : undefined);
       const def = await this.ledger.getDefaultBudget();
-      if (def) {
-        const spec = await this.ledger.getBudget(def);
-        if (spec) return this.checkSpec(spec, `default budget '${def}'`);
-      }
-      return { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
+      return this.defaultSpec(def, def ? await this.ledger.getBudget(def) : undefined);
     } catch (err) {
       if (err instanceof LedgerError && err.code === 'unavailable') {
         // degraded: the fleet default is the built-in one; a name other than the default's cannot be resolved
@@ -395,6 +390,23 @@ export class Router {
     if (r.kind === 'stored') return this.checkSpec(r.entry, `budget '${name}'`);
     if (r.kind === 'default') return undefined;
     throw new RouterStatusError(grpc.status.NOT_FOUND, `budget '${name}' is not allowed in fleet ${this.config.fleet}`);
+  }
+
+  /** The fleet default budget `name` (stored as `spec`): as the worker takes it (worker/budgets.ts), a missing or
+   *  unusable default is the built-in default budget, and an unusable one is logged once per change. */
+  private defaultSpec(name: string | null | undefined, spec: BudgetSpec | null | undefined): BudgetSpec {
+    if (!name || !spec) return { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
+    try {
+      return this.checkSpec(spec, `default budget '${name}'`);
+    } catch (err) {
+      if (!(err instanceof RouterStatusError)) throw err;
+      const key = `${name}\u0000${JSON.stringify(spec)}`;
+      if (this.badDefaultLogged !== key) {
+        this.badDefaultLogged = key;
+        this.log.warn({ default_budget: name, err: err.message }, 'the fleet default budget is unusable; using the built-in default');
+      }
+      return { ...BUILTIN_DEFAULT_BUDGET } as BudgetSpec;
+    }
   }
 
   private checkSpec(spec: BudgetSpec, what: string): BudgetSpec {

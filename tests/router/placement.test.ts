@@ -218,8 +218,11 @@ describe('router budget selection agrees with the worker\'s', () => {
   const budgets: Record<string, BudgetSpec> = {
     long: { method: 'ADA_SNAPKV', tokens_per_head: 256 }, short: { method: 'SNAPKV', tokens_per_head: 64 },
   };
-  for (const stored of [budgets, { ...budgets, default: { method: 'PYRAMIDKV', keep_ratio: 0.5 } as BudgetSpec }]) {
-    it(`same answer for every selector (fleet budgets: ${Object.keys(stored).join(', ')}; default 'long')`, async () => {
+  // and a fleet whose default ('long') is stored but unusable (tokens_per_head below window + 1): the worker falls
+  // back to the built-in default for requests that mean the default, and refuses requests that name it
+  const badDefault = { ...budgets, long: { method: 'ADA_SNAPKV', tokens_per_head: 8, window: 32 } as BudgetSpec };
+  for (const stored of [budgets, { ...budgets, default: { method: 'PYRAMIDKV', keep_ratio: 0.5 } as BudgetSpec }, badDefault]) {
+    it(`same answer for every selector (fleet budgets: ${JSON.stringify(stored)}; default 'long')`, async () => {
       const w = await scriptedWorker('w', 100_000, answer(1));
       const { client } = await fleetWith([w], {}, async (ledger) => {
         for (const [name, spec] of Object.entries(stored)) await ledger.setBudget(name, spec);
@@ -240,7 +243,10 @@ describe('router budget selection agrees with the worker\'s', () => {
         const got: { code: string; spec?: ResolvedBudgetSpec } = { code: r.error ? grpc.status[r.error.code] : 'OK' };
         // the router resolves the budget and forwards it inline: what the worker then runs
         if (!r.error) got.spec = checkSpec(w.received[before].budget!.spec!);
-        expect(got, what).toEqual(expected);
+        // the spec's float fields cross the wire as proto floats (32 bits): compare at that precision
+        const f32 = (x: { code: string; spec?: ResolvedBudgetSpec }) => (x.spec ? { ...x, spec: Object.fromEntries(Object.entries(x.spec)
+          .map(([k, v]) => [k, typeof v === 'number' && !Number.isInteger(v) ? Math.fround(v) : v])) } : x);
+        expect(f32(got), what).toEqual(f32(expected));
       }
     });
   }
