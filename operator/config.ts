@@ -24,6 +24,17 @@ const Schema = z.object({
   logLevel: z.enum(LOG_LEVELS, { error: `--log-level must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   concurrency: z.coerce.number().int().min(1, '--concurrency must be >= 1').max(64, '--concurrency must be <= 64').default(2),
   resyncSeconds: z.coerce.number().int().min(0, '--resync-seconds must be >= 0').default(300),
+  /** hostPath:// model sources must lie under one of these directories (comma-separated); absent: any */
+  allowedHostPaths: z.string().optional().transform((v, ctx) => {
+    if (v === undefined || v.trim() === '') return undefined;
+    const dirs = v.split(',').map((d) => d.trim().replace(/\/+$/, '') || '/');
+    for (const d of dirs) {
+      if (!d.startsWith('/') || d.split('/').includes('..')) {
+        ctx.addIssue({ code: 'custom', message: `--allowed-host-paths: '${d}' is not an absolute directory without '..'` });
+      }
+    }
+    return dirs;
+  }),
 });
 
 /** Where the client configuration comes from (client-node's order, minus its silent http://localhost:8080 fallback):

@@ -28,7 +28,8 @@ export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ le
   const cluster = kc.getCurrentCluster();
   log.info({ server: cluster?.server, namespace: cfg.namespace ?? '(all)' }, 'operator starting');
   const operator = new Operator({ kc, namespace: cfg.namespace, log, validate: validateBudget, concurrency: cfg.concurrency, instance: cfg.lease.identity,
-    resyncMs: cfg.resyncSeconds * 1000, defaultImage: cfg.image, redisImage: cfg.redisImage });
+    resyncMs: cfg.resyncSeconds * 1000, defaultImage: cfg.image, redisImage: cfg.redisImage,
+    ...(cfg.allowedHostPaths ? { allowedHostPaths: cfg.allowedHostPaths } : {}) });
 
   const endpoints: HttpEndpoints[] = [];
   // Readiness is "caches synced", not leadership: a standby replica must be ready, or the chart's rolling update

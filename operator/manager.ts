@@ -62,6 +62,8 @@ export interface OperatorOptions {
   defaultImage?: string;
   /** image of a Fleet's managed Redis */
   redisImage?: string;
+  /** hostPath:// model sources must lie under one of these directories (--allowed-host-paths); absent: any */
+  allowedHostPaths?: readonly string[];
   /** how long a first connection to a fleet's Redis may take (default 5 s) */
   ledgerConnectTimeoutMs?: number;
   /** how often each Fleet's status is refreshed from its ledger (default 10 s) */
@@ -145,7 +147,8 @@ export class Operator {
     const reconciler = new FleetReconciler({
       applier: this.applier, custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api),
       budgets: this.budgets, ledgers: this.ledgers,
-      render: { defaultImage: this.opts.defaultImage ?? FALLBACK_IMAGE, redisImage: this.opts.redisImage ?? DEFAULT_REDIS_IMAGE },
+      render: { defaultImage: this.opts.defaultImage ?? FALLBACK_IMAGE, redisImage: this.opts.redisImage ?? DEFAULT_REDIS_IMAGE,
+        ...(this.opts.allowedHostPaths ? { allowedHostPaths: this.opts.allowedHostPaths } : {}) },
       statusIntervalMs: this.opts.fleetStatusIntervalMs, events: this.events,
       autoscaler: this.autoscaler = this.opts.autoscaling === false ? undefined : new Autoscaler({
         custom: this.opts.kc.makeApiClient(CustomObjectsApi), core: this.opts.kc.makeApiClient(CoreV1Api), ledgers: this.ledgers,

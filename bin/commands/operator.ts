@@ -12,15 +12,16 @@ export function registerOperator(program: Command): void {
     .option('--leader-elect', 'elect one active replica through a coordination.k8s.io Lease ($KVFLEET_LEASE_NAME in $POD_NAMESPACE; identity $POD_NAME)', false)
     .option('--concurrency <n>', 'reconciles in parallel per controller', '2')
     .option('--resync-seconds <n>', 'reconcile every object again this often (0 = never)', '300')
+    .option('--allowed-host-paths <dirs>', 'hostPath:// model sources must lie under one of these node directories (comma-separated; default: any)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'))
     .action(async (opts: { kubeconfig?: string; namespace?: string; metricsPort: string; healthPort?: string; bindAddress: string;
-      leaderElect: boolean; concurrency: string; resyncSeconds: string; logLevel: string }) => {
+      leaderElect: boolean; concurrency: string; resyncSeconds: string; logLevel: string; allowedHostPaths?: string }) => {
       const { parseOperatorConfig } = await import('../../operator/config.ts');
       const { runOperator } = await import('../../operator/main.ts');
       await runOperator(parseOperatorConfig({
         kubeconfig: opts.kubeconfig, namespace: opts.namespace, metricsPort: opts.metricsPort, healthPort: opts.healthPort,
         bindAddress: opts.bindAddress, leaderElect: opts.leaderElect, concurrency: opts.concurrency, resyncSeconds: opts.resyncSeconds,
-        logLevel: opts.logLevel as 'info',
+        logLevel: opts.logLevel as 'info', allowedHostPaths: opts.allowedHostPaths,
       }));
     });
 }

@@ -54,6 +54,8 @@ export interface RenderOptions {
   defaultImage: string;
   /** the image of a managed Redis */
   redisImage: string;
+  /** directories hostPath:// model sources must lie under (the operator's --allowed-host-paths); absent: any */
+  allowedHostPaths?: readonly string[];
 }
 
 /** Names of a Fleet's children. */
@@ -96,14 +98,21 @@ function meta(fleet: Fleet, name: string, component: Component | 'engine' | 'ide
 }
 
 /** The model volume: pvc://CLAIM/PATH (PATH mounted as a subPath) or hostPath:///DIR; always read-only. */
-export function modelVolume(source: string): { volume: Record<string, unknown>; subPath?: string } {
+export function modelVolume(source: string, allowedHostPaths?: readonly string[]): { volume: Record<string, unknown>; subPath?: string } {
   const pvc = /^pvc:\/\/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)(\/.*)?$/.exec(source);
   if (pvc) {
     const sub = (pvc[3] ?? '').replace(/^\/+|\/+$/g, '');
     return { volume: { name: 'model', persistentVolumeClaim: { claimName: pvc[1], readOnly: true } }, ...(sub ? { subPath: sub } : {}) };
   }
   const host = /^hostPath:\/\/(\/.*)$/.exec(source);
-  if (host) return { volume: { name: 'model', hostPath: { path: host[1], type: 'Directory' } } };
+  if (host) {
+    const dir = host[1].replace(/\/+$/, '') || '/';
+    if (allowedHostPaths && !allowedHostPaths.some((a) => a === '/' || dir === a || dir.startsWith(`${a}/`))) {
+      throw new FleetSpecError(`spec.model.source: hostPath ${dir} is outside the node directories this operator allows `
+        + `(--allowed-host-paths ${allowedHostPaths.join(',')}); use one of them or a pvc:// source`);
+    }
+    return { volume: { name: 'model', hostPath: { path: host[1], type: 'Directory' } } };
+  }
   // the CRD's pattern admits only the two forms; an object stored before that pattern existed lands here
   throw new FleetSpecError(`spec.model.source: '${source}' is neither pvc://CLAIM[/PATH] nor hostPath:///DIR`);
 }
@@ -157,8 +166,8 @@ function redisArgs(fleet: Fleet, url: string): string[] {
 }
 
 /** Volumes and mounts every serving pod has: the model (read-only), a writable /tmp, the Redis password file. */
-function podStorage(fleet: Fleet) {
-  const model = modelVolume(fleet.spec.model.source);
+function podStorage(fleet: Fleet, o: RenderOptions) {
+  const model = modelVolume(fleet.spec.model.source, o.allowedHostPaths);
   const pw = passwordRef(fleet);
   const volumes: Record<string, unknown>[] = [model.volume, { name: 'tmp', emptyDir: { sizeLimit: '1Gi' } }];
   const mounts: Record<string, unknown>[] = [
@@ -177,7 +186,7 @@ const fieldEnv = (name: string, fieldPath: string) => ({ name, valueFrom: { fiel
 function workerDeployment(fleet: Fleet, url: string, o: RenderOptions, configHash: string): ChildObject {
   const name = fleet.metadata.name;
   const n = childNames(name);
-  const { volumes, mounts } = podStorage(fleet);
+  const { volumes, mounts } = podStorage(fleet, o);
   const drain = fleet.spec.autoscaling.drainTimeoutSeconds;
   const w = fleet.spec.workers;
   const resources = { ...(w.resources?.limits ? { limits: quantities(w.resources.limits) } : {}),
@@ -230,7 +239,7 @@ function workerDeployment(fleet: Fleet, url: string, o: RenderOptions, configHas
 function routerDeployment(fleet: Fleet, url: string, o: RenderOptions, configHash: string): ChildObject {
   const name = fleet.metadata.name;
   const n = childNames(name);
-  const { volumes, mounts } = podStorage(fleet);
+  const { volumes, mounts } = podStorage(fleet, o);
   return {
     apiVersion: 'apps/v1', kind: 'Deployment', metadata: meta(fleet, n.router, 'router'),
     spec: {

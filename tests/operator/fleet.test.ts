@@ -285,6 +285,29 @@ describe('Fleet reconciler: names already taken', () => {
   });
 });
 
+describe('Fleet reconciler: host paths', () => {
+  it('with --allowed-host-paths, a hostPath model outside them is Degraded InvalidSpec and runs no pod; inside, it is served', async () => {
+    const ns = await c.namespace();
+    const op = testOperator(c.kc, { namespace: ns, allowedHostPaths: ['/srv/models'] });
+    stops.push(() => op.stop());
+    await op.startInformers();
+    const r = op.reconciler(FLEET_CONTROLLER);
+    for (const [name, source] of [['etc', 'hostPath:///etc'], ['sibling', 'hostPath:///srv/models-other/x']]) {
+      await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, name, { model: { source }, redis: { url: redisUrl } }) });
+      await r.reconcile(`${ns}/${name}`);
+      const d = cond(await getFleet(ns, name), 'Degraded')!;
+      expect(d, name).toMatchObject({ status: 'True', reason: 'InvalidSpec' });
+      expect(d.message).toMatch(/is outside the node directories this operator allows \(--allowed-host-paths \/srv\/models\)/);
+      expect(c.server.object('apps', 'deployments', ns, `${name}-workers`), name).toBeUndefined();
+    }
+    await c.custom.createNamespacedCustomObject({ ...fleetTarget(ns), body: fleet(ns, 'ok', { model: { source: 'hostPath:///srv/models/llama' },
+      redis: { url: redisUrl } }) });
+    await r.reconcile(`${ns}/ok`);
+    expect(cond(await getFleet(ns, 'ok'), 'Degraded')).toMatchObject({ status: 'False' });
+    expect(deployment(ns, 'ok-workers').spec.template.spec.volumes).toContainEqual({ name: 'model', hostPath: { path: '/srv/models/llama', type: 'Directory' } });
+  });
+});
+
 describe('Fleet reconciler: status', () => {
   it('BudgetResolved is False with a reason while the KVBudget is missing and recovers when it appears', async () => {
     const ns = await c.namespace();

@@ -61,11 +61,11 @@ export function fleet(namespace: string, name: string, spec: Record<string, unkn
 }
 
 /** An Operator with short delays, as the process would build it (the engine's real budget check). */
-export function testOperator(kc: KubeConfig, extra: { namespace?: string } = {}): Operator {
+export function testOperator(kc: KubeConfig, extra: { namespace?: string; allowedHostPaths?: string[] } = {}): Operator {
   return new Operator({
     kc, namespace: extra.namespace, log: silentLog, validate: validateBudget, resyncMs: 0,
     informerMinDelayMs: 50, informerMaxDelayMs: 400, retryMinMs: 50, retryMaxMs: 1000, fleetStatusIntervalMs: 200, ledgerConnectTimeoutMs: 1000,
-    defaultImage: 'kvfleet:test',
+    defaultImage: 'kvfleet:test', ...(extra.allowedHostPaths ? { allowedHostPaths: extra.allowedHostPaths } : {}),
   });
 }
 

@@ -119,6 +119,14 @@ describe('operator options', () => {
     }
   });
 
+  it('--allowed-host-paths: absolute directories, comma-separated, trailing slashes dropped; no relative path or ..', () => {
+    const env = { KUBERNETES_SERVICE_HOST: '10.0.0.1' };
+    expect(parseOperatorConfig({}, env).allowedHostPaths).toBeUndefined();
+    expect(parseOperatorConfig({ allowedHostPaths: '/srv/models/, /data' }, env).allowedHostPaths).toEqual(['/srv/models', '/data']);
+    expect(() => parseOperatorConfig({ allowedHostPaths: 'models' }, env)).toThrow("--allowed-host-paths: 'models' is not an absolute directory");
+    expect(() => parseOperatorConfig({ allowedHostPaths: '/srv/../etc' }, env)).toThrow(/--allowed-host-paths: '\/srv\/..\/etc'/);
+  });
+
   it('names the flag in errors', () => {
     const env = { KUBERNETES_SERVICE_HOST: '10.0.0.1' };
     expect(() => parseOperatorConfig({ metricsPort: 'abc' }, env)).toThrow(OperatorConfigError);

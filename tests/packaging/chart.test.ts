@@ -89,6 +89,13 @@ describe('operator', () => {
     expect(find(objs('defaults'), 'PodDisruptionBudget', 'kvfleet-operator')).toHaveLength(1);
   });
 
+  it('passes allowedHostPaths as --allowed-host-paths, and nothing when empty', () => {
+    const args = (set: K8sObject[]) => container(find(set, 'Deployment', 'kvfleet-operator')[0], 'operator').args as string[];
+    expect(args(objs('defaults'))).not.toContain('--allowed-host-paths');
+    const a = args(render(['--set-json', 'operator.allowedHostPaths=["/srv/models","/data"]']));
+    expect(a.slice(a.indexOf('--allowed-host-paths'), a.indexOf('--allowed-host-paths') + 2)).toEqual(['--allowed-host-paths', '/srv/models,/data']);
+  });
+
   it('one replica: no PodDisruptionBudget (it would block every drain)', () => {
     const set = objs('examples on, one replica, no network policies');
     expect((find(set, 'Deployment', 'kvfleet-operator')[0].spec as Json).replicas).toBe(1);
