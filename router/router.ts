@@ -29,9 +29,11 @@ export class RouterStatusError extends Error {
   constructor(code: grpc.status, message: string) { super(message); this.code = code; this.name = 'RouterStatusError'; }
 }
 
-// Worker replies that say the request itself is wrong: answered to the client as they are, never retried.
+// Worker replies that say the request itself is wrong, or was stopped on purpose (ABORTED: its client read nothing
+// for the worker's --stall-timeout-ms; moving it would only stall another worker): answered to the client as they
+// are, never retried.
 const FINAL_CODES = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.NOT_FOUND, grpc.status.UNAUTHENTICATED,
-  grpc.status.PERMISSION_DENIED, grpc.status.FAILED_PRECONDITION, grpc.status.OUT_OF_RANGE]);
+  grpc.status.PERMISSION_DENIED, grpc.status.FAILED_PRECONDITION, grpc.status.OUT_OF_RANGE, grpc.status.ABORTED]);
 
 /**
  * How the router takes a worker call's error (the client still waiting), by its status code and the state of the

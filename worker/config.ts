@@ -70,6 +70,7 @@ export const OPTION_NAMES = {
   heartbeatMs: ['--heartbeat-ms', 'KVFLEET_HEARTBEAT_MS'],
   budgetRefreshMs: ['--budget-refresh-ms', 'KVFLEET_BUDGET_REFRESH_MS'],
   drainTimeoutMs: ['--drain-timeout-ms', 'KVFLEET_DRAIN_TIMEOUT_MS'],
+  stallTimeoutMs: ['--stall-timeout-ms', 'KVFLEET_STALL_TIMEOUT_MS'],
   authTokenFile: ['--auth-token-file', 'KVFLEET_AUTH_TOKEN_FILE'],
   tlsCert: ['--tls-cert', 'KVFLEET_TLS_CERT'],
   tlsKey: ['--tls-key', 'KVFLEET_TLS_KEY'],
@@ -129,6 +130,9 @@ export const WorkerConfigSchema = z.object({
     + 'routers stop sending it requests').default(500),
   budgetRefreshMs: int(100, 3_600_000).default(5000),
   drainTimeoutMs: int(0).default(600_000),
+  /** a request whose client reads nothing this long while its stream buffer is full is stopped and its pages freed
+   *  (ABORTED); 0: never (it holds its pages until the client reads, cancels or its deadline passes) */
+  stallTimeoutMs: int(0).default(60_000),
   authTokenFile: z.string().min(1).optional(),
   tlsCert: z.string().min(1).optional(),
   tlsKey: z.string().min(1).optional(),

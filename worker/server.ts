@@ -219,6 +219,20 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       // backpressure: once call.write reports the stream's buffer full (a client reading slower than tokens come),
       // this request's decodes wait until it drains; a bounded buffer per stream, the batch goes on
       let paused = false;
+      // ... but not forever: a client that reads nothing for --stall-timeout-ms gives its pages back (ABORTED)
+      let stallTimer: NodeJS.Timeout | undefined;
+      const stalled = () => {
+        if (ended || !paused) return;
+        ended = true;
+        live.delete(liveKey);
+        clearTimeout(deadlineTimer);
+        handle.cancel();
+        fleet?.rejected(requestId);
+        metrics.request('ABORTED');
+        rlog.warn({ stall_timeout_ms: cfg.stallTimeoutMs }, 'request stopped: its client read nothing while its stream buffer was full');
+        call.emit('error', { code: grpc.status.ABORTED, details: `the client read nothing for ${cfg.stallTimeoutMs} ms while its `
+          + 'stream buffer was full (--stall-timeout-ms); the request was stopped to free its KV pages' });
+      };
       let handle: ReturnType<typeof scheduler.submit>;
       try {
         handle = scheduler.submit({
@@ -239,12 +253,14 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
             const r = text.push(id);
             if (!ended && !call.cancelled && !call.write({ token_ids: [id], text: r.text, worker_id: workerId }) && !paused) {
               paused = true;
-              call.once('drain', () => { paused = false; handle.resume(); });
+              if (cfg.stallTimeoutMs > 0) stallTimer = setTimeout(stalled, cfg.stallTimeoutMs);
+              call.once('drain', () => { paused = false; clearTimeout(stallTimer); if (!ended) handle.resume(); });
             }
             return r.stopped;
           },
           paused: () => paused,
           finish(reason, stats, generated) {
+            clearTimeout(stallTimer);
             if (ended) return;
             ended = true;
             live.delete(liveKey);
@@ -261,12 +277,13 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
             rlog.info({ finish: reason, prompt_tokens: parsed.prompt.length, completion_tokens: generated.length,
               kept_tokens: stats.keptTokens, peak_pages: stats.peakPages, ms: Date.now() - t0 }, 'request done');
           },
-          fail(err) { clearTimeout(deadlineTimer); fail(err); },
+          fail(err) { clearTimeout(deadlineTimer); clearTimeout(stallTimer); fail(err); },
         });
       } catch (err) { fail(err); return; }
       rlog.debug({ prompt_tokens: parsed.prompt.length, max_new_tokens: parsed.maxNewTokens, footprint: fp }, 'queued');
       live.set(liveKey, (err: Error) => { if (ended) return; clearTimeout(deadlineTimer); handle.cancel(); fail(err); });
       const cancel = (code: 'CANCELLED' | 'DEADLINE_EXCEEDED') => {
+        clearTimeout(stallTimer);
         if (ended) return;
         ended = true;
         live.delete(liveKey);

@@ -41,6 +41,7 @@ export function registerWorker(program: Command): void {
     .option('--heartbeat-ms <n>', 'ledger heartbeat period (default 500)')
     .option('--budget-refresh-ms <n>', 'periodic re-read of the fleet budgets (default 5000; events apply at once)')
     .option('--drain-timeout-ms <n>', 'after SIGTERM, how long running work may take before it is cancelled (default 600000)')
+    .option('--stall-timeout-ms <n>', 'stop a request whose client reads nothing this long while its stream buffer is full, freeing its pages (default 60000, 0 = never)')
     .option('--auth-token-file <file>', 'require "authorization: Bearer <token>" with the token in this file (health stays open)')
     .option('--tls-cert <file>', 'serve TLS with this PEM certificate chain (with --tls-key)')
     .option('--tls-key <file>', 'PEM private key for --tls-cert')

@@ -99,6 +99,19 @@ describe('router placement after a worker failure', () => {
   }
 });
 
+describe('router: a request a worker stopped on purpose', () => {
+  it('ABORTED (the worker\'s stall timeout: the client read nothing) is answered as it is, not moved to another worker', async () => {
+    const a = await scriptedWorker('A', 4000, refuse(grpc.status.ABORTED, 'the client read nothing for 60000 ms'));
+    const b = await scriptedWorker('B', 1000, answer(2));
+    const { client, ledger } = await fleetWith([a, b]);
+    const r = await generate(client, { token_ids: { ids: [5, 6, 7] }, sampling: { max_new_tokens: 2 } });
+    expect(r.error?.code).toBe(grpc.status.ABORTED);
+    expect(r.error?.details).toBe('the client read nothing for 60000 ms');
+    expect(b.received).toHaveLength(0);
+    expect((await ledger.snapshot()).workers.map((w) => w.worker_id).sort()).toEqual(['A', 'B']);   // A stays
+  });
+});
+
 describe('router reservation ids', () => {
   it('two requests in flight with one client request_id hold two reservations; each is released alone', async () => {
     // a worker that holds every stream open until the test ends it

@@ -107,4 +107,35 @@ describe('backpressure', () => {
       await t.stop();
     }
   });
+
+  it('a client that reads nothing for --stall-timeout-ms loses its request (ABORTED) and the pages come back', async () => {
+    const t = await inProcessWorker(model.dir, { numPages: 4096, stallTimeoutMs: 400 });
+    const slowClient = generationClient(t.addr, grpc.credentials.createInsecure(), { 'grpc-node.flow_control_window': 4096 });
+    try {
+      const call = slowClient.Generate({ token_ids: { ids: [5, 6, 7] }, sampling: greedy(5000) });
+      let error: grpc.ServiceError | undefined;
+      let n = 0;
+      call.on('data', () => { if (++n === 1) call.pause(); });
+      call.on('error', (e: grpc.ServiceError) => { error = e; });
+      const codes = async () => [...(await t.w.metrics.registry.metrics()).matchAll(/^kvfleet_worker_requests_total\{code="(\w+)"\} (\d+)$/gm)]
+        .map((m) => `${m[1]}=${m[2]}`);
+      // paused, then stopped after the stall timeout: nothing running, every page free, counted ABORTED
+      for (let i = 0; i < 100 && !(await codes()).includes('ABORTED=1'); i++) await sleep(100);
+      expect(await codes()).toContain('ABORTED=1');
+      expect(t.w.scheduler.capacity().running).toBe(0);
+      const pool = t.w.engine.poolStats();
+      expect(pool.freePages).toBe(pool.totalPages);
+      // the client, reading again, gets what was buffered and then the reason
+      call.resume();
+      for (let i = 0; i < 100 && !error; i++) await sleep(50);
+      expect(error?.code).toBe(grpc.status.ABORTED);
+      expect(error?.details).toMatch(/read nothing for 400 ms while its stream buffer was full/);
+      // a client that reads is never stalled: the same worker serves a long stream to the end
+      const ok = await generate(t.gen, { token_ids: { ids: [9, 8, 7] }, sampling: greedy(300) });
+      expect(ok.tokens).toHaveLength(300);
+    } finally {
+      slowClient.close();
+      await t.stop();
+    }
+  });
 });
