@@ -68,7 +68,7 @@ describe('backpressure', () => {
   });
 
   it('a client that stops reading pauses its request on the worker, not the others; reading again finishes it', async () => {
-    const t = await inProcessWorker(model.dir, { numPages: 4096 });
+    const t = await inProcessWorker(model.dir, { numPages: 4096, stallTimeoutMs: 0 });   // paused as long as the test needs
     // a small HTTP/2 window so the transport's own buffers fill sooner
     const slowClient = generationClient(t.addr, grpc.credentials.createInsecure(), { 'grpc-node.flow_control_window': 4096 });
     try {
@@ -82,7 +82,8 @@ describe('backpressure', () => {
       const generated = async () => Number(/^kvfleet_worker_generation_tokens_total (\d+)$/m.exec(await t.w.metrics.registry.metrics())![1]);
       // the worker stops generating for it: the count settles (unchanged for 500 ms) well below N
       let last = -1, stable = 0;
-      for (let i = 0; i < 200 && stable < 5; i++) {
+      // (loop bounds are generous: on a loaded 2-core machine the tiny model decodes slowly; they end early)
+      for (let i = 0; i < 900 && stable < 5; i++) {
         await sleep(100);
         const g = await generated();
         stable = g === last ? stable + 1 : 0;
@@ -97,7 +98,7 @@ describe('backpressure', () => {
       expect(other.tokens).toHaveLength(20);
       expect(await generated()).toBe(last + 20);
       call.resume();
-      for (let i = 0; i < 600 && !ended && !error; i++) await sleep(100);
+      for (let i = 0; i < 1200 && !ended && !error; i++) await sleep(100);
       expect(error).toBeUndefined();
       expect(ended).toBe(true);
       expect(got.flatMap((m) => m.token_ids ?? [])).toHaveLength(N);
@@ -106,7 +107,7 @@ describe('backpressure', () => {
       slowClient.close();
       await t.stop();
     }
-  });
+  }, 300_000);
 
   it('a client that reads nothing for --stall-timeout-ms loses its request (ABORTED) and the pages come back', async () => {
     const t = await inProcessWorker(model.dir, { numPages: 4096, stallTimeoutMs: 400 });
@@ -120,14 +121,14 @@ describe('backpressure', () => {
       const codes = async () => [...(await t.w.metrics.registry.metrics()).matchAll(/^kvfleet_worker_requests_total\{code="(\w+)"\} (\d+)$/gm)]
         .map((m) => `${m[1]}=${m[2]}`);
       // paused, then stopped after the stall timeout: nothing running, every page free, counted ABORTED
-      for (let i = 0; i < 100 && !(await codes()).includes('ABORTED=1'); i++) await sleep(100);
+      for (let i = 0; i < 900 && !(await codes()).includes('ABORTED=1'); i++) await sleep(100);
       expect(await codes()).toContain('ABORTED=1');
       expect(t.w.scheduler.capacity().running).toBe(0);
       const pool = t.w.engine.poolStats();
       expect(pool.freePages).toBe(pool.totalPages);
       // the client, reading again, gets what was buffered and then the reason
       call.resume();
-      for (let i = 0; i < 100 && !error; i++) await sleep(50);
+      for (let i = 0; i < 1200 && !error; i++) await sleep(50);
       expect(error?.code).toBe(grpc.status.ABORTED);
       expect(error?.details).toMatch(/read nothing for 400 ms while its stream buffer was full/);
       // a client that reads is never stalled: the same worker serves a long stream to the end
@@ -137,5 +138,5 @@ describe('backpressure', () => {
       slowClient.close();
       await t.stop();
     }
-  });
+  }, 300_000);
 });
