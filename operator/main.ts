@@ -23,7 +23,7 @@ export interface RunningOperator {
 export interface ElectionTiming { leaseDurationMs?: number; renewMs?: number; renewDeadlineMs?: number; retryMs?: number }
 
 export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ level: cfg.logLevel, base: { component: 'operator' } },
-  pino.destination(2)), timing: ElectionTiming = {}): Promise<RunningOperator> {
+  pino.destination(2)), timing: ElectionTiming = {}, signal?: AbortSignal): Promise<RunningOperator> {
   const kc = loadKubeConfig(cfg.kube);
   const cluster = kc.getCurrentCluster();
   log.info({ server: cluster?.server, namespace: cfg.namespace ?? '(all)' }, 'operator starting');
@@ -63,7 +63,15 @@ export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ le
   }
   log.info({ metricsPort, healthPort }, `operator listening (metrics port ${metricsPort}, health port ${healthPort})`);
 
-  await operator.startInformers();
+  // the caches sync only when the API server answers: a stop asked meanwhile (SIGTERM while the API server is
+  // unreachable, or the CRDs are missing) must not wait for that
+  if (signal?.aborted) { await operator.stop(); await Promise.all(endpoints.map((e) => e.close())); throw new StartAborted(); }
+  const aborted = new Promise<'aborted'>((resolve) => signal?.addEventListener('abort', () => resolve('aborted'), { once: true }));
+  if (await Promise.race([operator.startInformers().then(() => 'synced' as const), aborted]) === 'aborted') {
+    await operator.stop();
+    await Promise.all(endpoints.map((e) => e.close()));
+    throw new StartAborted();
+  }
   let elector: LeaderElector | undefined;
   if (cfg.leaderElect) {
     operator.metrics.leader.set(0);
@@ -97,15 +105,29 @@ export async function startOperator(cfg: OperatorConfig, log: Logger = pino({ le
 }
 
 /** Runs until SIGTERM or SIGINT, then stops gracefully; resolves when stopped. */
+/** startOperator was asked to stop (its AbortSignal) before the caches synced; nothing is left running. */
+export class StartAborted extends Error {
+  constructor() { super('operator start aborted'); this.name = 'StartAborted'; }
+}
+
 export async function runOperator(cfg: OperatorConfig): Promise<void> {
   const log = pino({ level: cfg.logLevel, base: { component: 'operator' } }, pino.destination(2));
   let signalled: NodeJS.Signals | undefined;
   let wake: (() => void) | undefined;
-  const onSignal = (s: NodeJS.Signals) => { signalled ??= s; wake?.(); };
+  const abort = new AbortController();
+  const onSignal = (s: NodeJS.Signals) => { signalled ??= s; abort.abort(); wake?.(); };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   try {
-    const running = await startOperator(cfg, log);
+    let running: RunningOperator;
+    try {
+      running = await startOperator(cfg, log, {}, abort.signal);
+    } catch (err) {
+      if (!(err instanceof StartAborted)) throw err;
+      log.info({ signal: signalled }, 'stopped before the caches synced (is the API server reachable, are the CRDs installed?)');
+      log.flush();
+      return;
+    }
     if (signalled === undefined) await new Promise<void>((r) => { wake = r; });
     log.info({ signal: signalled }, 'shutting down');
     await running.stop();

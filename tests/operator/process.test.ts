@@ -69,3 +69,24 @@ it('runs from a kubeconfig file, reconciles a KVBudget, serves metrics and healt
   expect(proc.output()).toMatch(/shutdown complete/);
   expect(c.server.object('kvfleet.io', 'kvbudgets', other, 'x')!.status).toBeUndefined();
 });
+
+it('stops on SIGTERM while the API server is unreachable (its caches never sync)', async () => {
+  // a kubeconfig whose server refuses every connection
+  const kubeconfig = path.join(dir, 'kubeconfig-unreachable');
+  const port = await freePort();
+  const kc = JSON.parse(c.kc.exportConfig()) as { clusters: { cluster: { server: string } }[] };
+  for (const x of kc.clusters) x.cluster.server = `http://127.0.0.1:${port}`;
+  writeFileSync(kubeconfig, JSON.stringify(kc));
+  const p = spawnKvfleet(['operator', '--kubeconfig', kubeconfig, '--metrics-port', '0', '--log-level', 'info']);
+  try {
+    await p.waitFor(/operator listening/, 30_000);
+    await new Promise((r) => setTimeout(r, 1000));   // the informers are retrying
+    const t0 = Date.now();
+    const code = await p.stop(10_000);   // SIGTERM; SIGKILL only after 10 s
+    expect(code).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(p.output()).toMatch(/stopped before the caches synced/);
+  } finally {
+    await p.stop(1000);
+  }
+}, 60_000);
