@@ -100,12 +100,13 @@ export function chooseDegraded(workers: readonly WorkerSnapshot[], need: number,
   return best && { w: best.w, room: best.room };
 }
 
-/** Whether the call's deadline (if it has one) has passed. grpc-js ends a call at its deadline from a timer, so a
- *  few ms of timer slack count as passed. */
+/** Whether the call's deadline (if it has one) has passed, or is within 250 ms: the client's own timer cancels the
+ *  stream at its deadline, and grpc-js computes this server's copy when it processes the headers, later on a busy
+ *  event loop, so the deadline's cancel arrives up to that lag early (worker/server.ts DEADLINE_SLACK_MS). */
 function deadlinePassed(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>): boolean {
   const d = call.getDeadline();
   const ms = d instanceof Date ? d.getTime() : Number(d);
-  return Number.isFinite(ms) && Date.now() >= ms - 5;
+  return Number.isFinite(ms) && Date.now() >= ms - 250;
 }
 
 /** Why a client stream ended before its answer: its deadline passed (DEADLINE_EXCEEDED, which grpc-js answers
