@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -239,6 +240,10 @@ ModelConfig parse_config(const std::string& json_text, const std::string& file) 
     }
   }
   if (const json::Value* bos = r.find("bos_token_id")) c.bos_token_id = r.int_of("bos_token_id", *bos, false);
+  // a special token outside the vocabulary is never sampled (EOS) or cannot be embedded (BOS)
+  for (int e : c.eos_token_ids)
+    if (e < 0 || e >= c.V) r.fail("eos_token_id", std::to_string(e) + " is outside the vocabulary [0, " + std::to_string(c.V) + ")");
+  if (c.bos_token_id >= c.V) r.fail("bos_token_id", std::to_string(c.bos_token_id) + " is outside the vocabulary [0, " + std::to_string(c.V) + ")");
   return c;
 }
 
@@ -285,6 +290,17 @@ class WeightSource {
       }
       where_[kv.first] = it->second;
     }
+  }
+
+  // Every tensor name the weights hold, with the file that holds it.
+  std::vector<std::pair<std::string, std::string>> names() const {
+    std::vector<std::pair<std::string, std::string>> out;
+    if (single_) {
+      for (const auto& kv : single_->tensors()) out.emplace_back(kv.first, single_->path());
+    } else {
+      for (const auto& kv : where_) out.emplace_back(kv.first, kv.second->path());
+    }
+    return out;
   }
 
   // The tensor `name` with exactly `shape` and an engine dtype, or Error(BadModel) naming the file and problem.
@@ -408,6 +424,17 @@ std::shared_ptr<Model> load_model(const std::string& dir) {
     lw.w_gate = ld.matrix(p + "mlp.gate_proj.weight", c.F, c.D);
     lw.w_up = ld.matrix(p + "mlp.up_proj.weight", c.F, c.D);
     lw.w_down = ld.matrix(p + "mlp.down_proj.weight", c.D, c.F);
+  }
+  // Layers beyond num_hidden_layers: a config.json that disagrees with its weights (the model would run a part of
+  // itself and answer nonsense without a word)
+  for (const auto& nf : src.names()) {
+    const std::string& n = nf.first;
+    if (n.compare(0, 13, "model.layers.") != 0) continue;
+    char* end = nullptr;
+    const long l = std::strtol(n.c_str() + 13, &end, 10);
+    if (end != n.c_str() + 13 && *end == '.' && l >= c.L)
+      bad_model(nf.second + ": tensor '" + n + "' belongs to layer " + std::to_string(l) + ", but config.json (" + cfg_path +
+                ") says num_hidden_layers is " + std::to_string(c.L));
   }
   model->weight_bytes = ld.matrix_bytes;
   model->storage = storage;
