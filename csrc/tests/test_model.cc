@@ -338,7 +338,7 @@ TEST_CASE("model config: applies Hugging Face defaults for optional fields") {
 
 TEST_CASE("model config: reads every field, explicit head_dim, eos list and llama3 rope_scaling") {
   auto c = kvf::parse_config(R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 3,
-    "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 96, "vocab_size": 1000,
+    "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 96, "vocab_size": 128256,
     "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": true,
     "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
@@ -349,7 +349,7 @@ TEST_CASE("model config: reads every field, explicit head_dim, eos list and llam
   EXPECT_EQ(c.Hk, 2);
   EXPECT_EQ(c.d, 32);  // not D / H
   EXPECT_EQ(c.F, 96);
-  EXPECT_EQ(c.V, 1000);
+  EXPECT_EQ(c.V, 128256);
   EXPECT_EQ(c.max_pos, 131072);
   EXPECT_NEAR(c.rms_eps, 1e-5, 1e-12);
   EXPECT_EQ(c.rope_theta, 500000.0);
