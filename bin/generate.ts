@@ -2,7 +2,7 @@
 // process and streams the text (or prints one JSON document with --json). Flags arrive parsed one by one
 // (bin/commands/generate.ts); the checks that involve several flags are here, and every message names its flags.
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { requestFootprintPages } from '../ledger/footprint.ts';
@@ -99,6 +99,11 @@ export async function runGenerate(f: GenerateFlags, io: Io = process): Promise<G
   if (f.kvMemory !== undefined && f.numPages !== undefined) {
     throw new GenerateUsageError('--kv-memory and --num-pages are alternatives: give at most one');
   }
+  // the folder first: a missing one is not a missing tokenizer file
+  let st: Stats | undefined;
+  try { st = statSync(f.model); } catch { /* below */ }
+  if (!st) throw new GenerateUsageError(`--model ${f.model}: no such folder`);
+  if (!st.isDirectory()) throw new GenerateUsageError(`--model ${f.model}: is a file; give the model folder (config.json, *.safetensors, tokenizer.json)`);
   const tok = Tokenizer.load(f.model);
   const promptIds = tok.encode(f.prompt);
   if (promptIds.length === 0) throw new GenerateUsageError('--prompt encodes to no tokens');

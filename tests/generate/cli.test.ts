@@ -2,7 +2,7 @@
 // directories and bad flags end with a clear error naming the file or flag and a non-zero exit (never a crash or a
 // hang); good runs print the JSON document of CONTRACTS.md or stream the text.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cpSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnKvfleet } from '../harness/proc.ts';
@@ -79,7 +79,17 @@ describe('kvfleet generate: bad model directories', () => {
     const dir = path.join(os.tmpdir(), 'kvf-no-such-model-dir');
     const r = await generate(['--model', dir, '--prompt', 'hello']);
     noCrash(r);
-    expect(r.stderr).toContain(dir);
+    expect(r.stderr).toContain(`--model ${dir}: no such folder`);   // not "tokenizer.json: cannot read"
+  });
+
+  it('a file given as the model directory', async () => {
+    const file = path.join(os.tmpdir(), `kvf-model-file-${process.pid}.json`);
+    writeFileSync(file, '{}');
+    try {
+      const r = await generate(['--model', file, '--prompt', 'hello']);
+      noCrash(r);
+      expect(r.stderr).toContain(`--model ${file}: is a file; give the model folder`);
+    } finally { rmSync(file, { force: true }); }
   });
 });
 
