@@ -25,7 +25,14 @@ export class ClientUsageError extends Error {
 
 export interface ClientGenerateFlags {
   target: string;
-  prompt: string;
+  /** prompt text (the router tokenizes it); or tokenIds */
+  prompt?: string;
+  /** prompt as token ids (for a router without a tokenizer, or exact prompts) */
+  tokenIds?: number[];
+  topP?: number;
+  topK?: number;
+  /** stop strings (repeatable) */
+  stop?: string[];
   budget?: string;
   method?: Method;
   tokensPerHead?: number;
@@ -66,7 +73,10 @@ export function checkTarget(target: string): string {
 
 /** The request the flags describe. --budget (a fleet budget's name) and --method (an inline spec) exclude each other. */
 export function requestFromFlags(f: ClientGenerateFlags): GenerateRequest {
+  if (f.prompt !== undefined && f.tokenIds !== undefined) throw new ClientUsageError('--prompt and --token-ids are alternatives: give one');
+  if (f.prompt === undefined && f.tokenIds === undefined) throw new ClientUsageError('give --prompt TEXT or --token-ids IDS');
   if (f.prompt === '') throw new ClientUsageError('--prompt: is empty');
+  if (f.tokenIds !== undefined && f.tokenIds.length === 0) throw new ClientUsageError('--token-ids: is empty');
   const spec = f.method !== undefined || f.tokensPerHead !== undefined || f.keepRatio !== undefined;
   if (f.budget !== undefined && spec) {
     throw new ClientUsageError('--budget names a fleet budget; --method/--tokens-per-head/--keep-ratio give one inline: use one or the other');
@@ -91,7 +101,11 @@ export function requestFromFlags(f: ClientGenerateFlags): GenerateRequest {
   if (f.temperature !== undefined) sampling.temperature = f.temperature;
   if (f.seed !== undefined) sampling.seed = f.seed;
   if (f.ignoreEos) sampling.ignore_eos = true;
-  return { text: f.prompt, sampling, ...(budget ? { budget } : {}) };
+  if (f.topP !== undefined) sampling.top_p = f.topP;
+  if (f.topK !== undefined) sampling.top_k = f.topK;
+  if (f.stop !== undefined && f.stop.length > 0) sampling.stop = f.stop;
+  const prompt = f.tokenIds !== undefined ? { token_ids: { ids: f.tokenIds } } : { text: f.prompt! };
+  return { ...prompt, sampling, ...(budget ? { budget } : {}) };
 }
 
 export interface CallOptions {

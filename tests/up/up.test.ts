@@ -105,6 +105,13 @@ describe('kvfleet up', () => {
       const again = await clientJson(port, ['--prompt', 'Pages per head', '--max-new-tokens', '6', '--temperature', '0']);
       expect(again.token_ids).toEqual(msgs.slice(0, 6).map((m) => m.token_ids![0]));
 
+      // a prompt given as token ids, with top-k, top-p and a stop string: the ids reach the model as they are
+      const ids = await clientJson(port, ['--token-ids', '5,6,7', '--max-new-tokens', '4', '--temperature', '0.7', '--top-k', '5',
+        '--top-p', '0.9', '--stop', 'never-there', '--seed', '3']);
+      expect(ids.usage.prompt_tokens).toBe(3);
+      expect(ids.token_ids).toHaveLength(ids.usage.completion_tokens);
+      expect(ids.usage.completion_tokens).toBeLessThanOrEqual(4);
+
       // a budget the fleet does not allow: NOT_FOUND from the router, exit 1
       const bad = spawnKvfleet(['client', 'generate', '--target', `127.0.0.1:${port}`, '--prompt', 'x', '--budget', 'nope']);
       expect(await bad.exited()).toBe(1);
@@ -129,7 +136,7 @@ describe('kvfleet up', () => {
         expect(w.reserved_pages).toBe(0);
         expect(w.pressure).toBe(0);
       }
-      expect(served()).toBe(4);  // the demo, two CLI requests and the gRPC one (the refused one is not OK)
+      expect(served()).toBe(5);  // the demo, three CLI requests and the gRPC one (the refused one is not OK)
       expect(Math.max(...last.workers.map((w) => w.compression ?? 0))).toBeGreaterThan(1.5);
 
       expect(await up.stop(20_000)).toBe(0);
@@ -234,6 +241,13 @@ describe('kvfleet client generate', () => {
     expect(requestFromFlags({ target: 'h:1', prompt: 'x', keepRatio: 0.25, maxNewTokens: 9, seed: '3' })).toEqual({
       text: 'x', sampling: { max_new_tokens: 9, seed: '3' }, budget: { spec: { method: 'ADA_SNAPKV', keep_ratio: 0.25 } },
     });
+    expect(requestFromFlags({ target: 'h:1', tokenIds: [5, 6], topP: 0.5, topK: 3, stop: ['a', 'b'] })).toEqual({
+      token_ids: { ids: [5, 6] }, sampling: { top_p: 0.5, top_k: 3, stop: ['a', 'b'] } });
+    expect(() => requestFromFlags({ target: 'h:1', prompt: 'x', tokenIds: [5] })).toThrow(/--prompt and --token-ids are alternatives/);
+    expect(() => requestFromFlags({ target: 'h:1' })).toThrow(/give --prompt TEXT or --token-ids IDS/);
+    const ids = spawnKvfleet(['client', 'generate', '--target', '127.0.0.1:1', '--token-ids', '5,x']);
+    expect(await ids.exited()).toBe(1);
+    expect(ids.output()).toMatch(/--token-ids.*expected comma-separated token ids/);
     const p = spawnKvfleet(['client', 'generate', '--target', '127.0.0.1:1', '--prompt', 'x', '--keep-ratio', '0.5', '--tokens-per-head', '64']);
     expect(await p.exited()).toBe(1);
     expect(p.output()).toMatch(/--tokens-per-head and --keep-ratio are alternatives/);
