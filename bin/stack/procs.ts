@@ -179,13 +179,33 @@ function signal(pid: number, sig: NodeJS.Signals): void {
 }
 
 /** The stack's redis-server: loopback only, no persistence (nothing is written to disk). */
+/** Name (argv[0]) of the process that stops redis-server when `kvfleet up` dies without stopping it. */
+export const REDIS_WATCHDOG = 'kvfleet-redis-watchdog';
+
+/**
+ * redis-server cannot watch its parent as kvfleet's own children do (KVFLEET_PARENT_PID): a small shell loop does it
+ * for it. When this process is gone (SIGKILL, a crash: the loop is re-parented) it sends redis-server SIGTERM; when
+ * redis-server is gone it ends. Linux only (/proc); elsewhere it ends at once and nothing watches.
+ */
+function watchRedis(redisPid: number): void {
+  const script = 'while :; do read -r _ _ _ pp _ < /proc/$$/stat 2>/dev/null || exit 0; '
+    + '[ "$pp" = "$UP" ] || { kill -TERM "$R" 2>/dev/null; exit 0; }; kill -0 "$R" 2>/dev/null || exit 0; sleep 0.5; done';
+  const w = spawn('sh', ['-c', script, REDIS_WATCHDOG], { detached: true, stdio: 'ignore',
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', UP: String(process.pid), R: String(redisPid) } });
+  w.on('error', () => { /* no sh: nothing watches */ });
+  w.unref();
+}
+
 export async function startRedisChild(sup: Supervisor, bin: string): Promise<{ child: Child; url: string; port: number }> {
   for (let attempt = 1; ; attempt++) {
     const port = await freePort();
     const child = sup.spawn('redis', bin, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
       '--daemonize', 'no', '--protected-mode', 'yes', '--loglevel', 'warning']);
     const ready = await waitForPort(port, 10_000, () => !child.running);
-    if (ready && child.running) return { child, url: `redis://127.0.0.1:${port}`, port };
+    if (ready && child.running) {
+      watchRedis(child.pid);
+      return { child, url: `redis://127.0.0.1:${port}`, port };
+    }
     await sup.stop([[child]], 2000);
     // another process may have taken the port between freePort and redis-server binding it: try another
     if (attempt >= 3) throw new Error(`redis-server (${bin}) did not start on 127.0.0.1:${port}; its output:\n${child.tail()}`);

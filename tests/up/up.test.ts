@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generationClient, type GenerateResponse } from '../../proto/index.ts';
 import { countersFrom, parsePromText, plainLine, renderTable, statusDoc, wrap } from '../../bin/stack/status.ts';
 import { checkTarget, requestFromFlags } from '../../bin/stack/client.ts';
+import { REDIS_WATCHDOG } from '../../bin/stack/procs.ts';
 import { freePort } from '../harness/ports.ts';
 import { spawnKvfleet, type KvfleetProcess } from '../harness/proc.ts';
 import { pidAlive } from '../harness/redis.ts';
@@ -23,14 +24,18 @@ beforeAll(() => {
 });
 afterAll(() => { rmSync(tmp, { recursive: true, force: true }); });
 
-/** Direct children of a process, from /proc (every thread's children list). */
+/** Direct children of a process, from /proc (every thread's children list), less redis-server's watchdog loop. */
 function childPids(pid: number): number[] {
   const out: number[] = [];
   for (const t of readdirSync(`/proc/${pid}/task`)) {
     const s = readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim();
-    if (s !== '') out.push(...s.split(/\s+/).map(Number));
+    if (s !== '') out.push(...s.split(/\s+/).map(Number).filter((c) => !isWatchdog(c)));
   }
   return out.sort((a, b) => a - b);
+}
+
+function isWatchdog(pid: number): boolean {
+  try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(REDIS_WATCHDOG); } catch { return false; }
 }
 
 function parsePids(line: string): Record<string, number> {
@@ -182,6 +187,23 @@ describe('kvfleet up', () => {
       expect(up.output()).not.toMatch(/something kept the process alive/);
     } finally {
       await up.stop(3000);
+    }
+  });
+
+  it('SIGKILL of kvfleet up: its children, redis-server included, stop by themselves', async () => {
+    const up = spawnKvfleet(['up', '--preset', 'tiny', '--port', '0', '--workers', '1', '--kv-memory', '8Mi', '--no-demo',
+      '--log-dir', path.join(tmp, 'logs-kill')], { env: { XDG_CACHE_HOME: cache } });
+    let pids: Record<string, number> = {};
+    try {
+      ({ pids } = await ready(up));
+      expect(Object.keys(pids).sort()).toEqual(['redis', 'router', 'up', 'w0']);
+      up.child.kill('SIGKILL');
+      await up.exited();
+      const alive = () => ['redis', 'router', 'w0'].filter((k) => pidAlive(pids[k]));
+      for (const t0 = Date.now(); alive().length > 0 && Date.now() - t0 < 15_000;) await new Promise((r) => setTimeout(r, 100));
+      expect(alive()).toEqual([]);
+    } finally {
+      for (const k of ['redis', 'router', 'w0']) { try { if (pids[k]) process.kill(pids[k], 'SIGKILL'); } catch { /* gone */ } }
     }
   });
 
