@@ -316,7 +316,7 @@ export async function runUp(f: UpFlags): Promise<void> {
         + `(ADA_SNAPKV, ${UP_BUDGETS[DEMO.budget].tokens_per_head} tokens per KV head), prompt "${DEMO.prompt.slice(0, 36)}..." `
         + '(random weights: the text is noise, the KV bookkeeping is real)');
       demoDone = streamGenerate(stack.routerAddr, {
-        text: DEMO.prompt, sampling: { max_new_tokens: DEMO.maxNewTokens }, budget: { name: DEMO.budget },
+        text: DEMO.prompt, sampling: { max_new_tokens: DEMO.maxNewTokens, ignore_eos: true }, budget: { name: DEMO.budget },
       }, { timeoutMs: 300_000, onChunk: (text) => ui.demoChunk(text) }).then((r: GenerateResult) => {
         const ratio = compressionRatio(r.kv_stats);
         ui.demoEnd(`${summaryLine(r)}${ratio !== undefined ? `\nthe request's KV cache held ${ratio.toFixed(2)}x fewer `
