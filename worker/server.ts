@@ -323,10 +323,10 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
   const health = { set: (_s: 'SERVING' | 'NOT_SERVING') => { /* replaced once the server exists */ } };
   // who drained the worker: only the operator's own drain order may be taken back by its undrain order (not an
   // admin's Worker.Drain call, not SIGTERM)
-  let drainedBy: 'order' | 'rpc' | undefined;
-  const drain = async (by: 'order' | 'rpc' = 'rpc'): Promise<number> => {
+  let drainedBy: 'order' | 'rpc' | 'shutdown' | undefined;
+  const drain = async (by: 'order' | 'rpc' | 'shutdown' = 'rpc'): Promise<number> => {
     if (!draining) log.info({ running: scheduler.capacity().running, by }, 'draining: no new requests are admitted');
-    if (drainedBy !== 'rpc') drainedBy = by;
+    if (drainedBy !== 'rpc' && drainedBy !== 'shutdown') drainedBy = by;
     draining = true;
     scheduler.stopAdmitting();
     health.set('NOT_SERVING');
@@ -401,7 +401,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
 
   const shutdown = ({ graceMs = cfg.drainTimeoutMs }: { graceMs?: number } = {}): Promise<void> => {
     stopping ??= (async () => {
-      await drain();
+      await drain('shutdown');
       let timer: NodeJS.Timeout | undefined;
       const timedOut = await Promise.race([
         scheduler.idle().then(() => false),

@@ -32,7 +32,13 @@ export function splitKey(key: string): { namespace: string; name: string } {
 /** Loads the client configuration from the source the config stage chose (operator/config.ts). */
 export function loadKubeConfig(source: { kind: 'file'; path: string } | { kind: 'env' } | { kind: 'in-cluster' }): KubeConfig {
   const kc = new KubeConfig();
-  if (source.kind === 'file') kc.loadFromFile(source.path);
+  if (source.kind === 'file') {
+    try {
+      kc.loadFromFile(source.path);
+    } catch (err) {
+      throw new Error(`kubeconfig ${source.path}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    }
+  }
   else if (source.kind === 'in-cluster') kc.loadFromCluster();
   else kc.loadFromDefault(); // $KUBECONFIG, possibly a list of files that client-node merges
   if (kc.getCurrentCluster() === null) {

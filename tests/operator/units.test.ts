@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setCondition } from '../../operator/api/conditions.ts';
 import { OperatorConfigError, parseOperatorConfig } from '../../operator/config.ts';
+import { loadKubeConfig } from '../../operator/runtime/kube.ts';
 import type { KVBudgetSpec } from '../../operator/api/v1alpha1.ts';
 import { InvalidBudgetError, resolveKVBudget, toLedgerBudget } from '../../operator/budget.ts';
 import { WorkQueue } from '../../operator/runtime/queue.ts';
@@ -125,6 +126,15 @@ describe('operator options', () => {
     expect(parseOperatorConfig({ allowedHostPaths: '/srv/models/, /data' }, env).allowedHostPaths).toEqual(['/srv/models', '/data']);
     expect(() => parseOperatorConfig({ allowedHostPaths: 'models' }, env)).toThrow("--allowed-host-paths: 'models' is not an absolute directory");
     expect(() => parseOperatorConfig({ allowedHostPaths: '/srv/../etc' }, env)).toThrow(/--allowed-host-paths: '\/srv\/..\/etc'/);
+  });
+
+  it('a kubeconfig that is not valid YAML is named in the error', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'kvfleet-kc-'));
+    try {
+      const file = path.join(dir, 'kubeconfig');
+      writeFileSync(file, 'apiVersion: v1\nclusters:\n- cluster:\n  server: x\n bad');
+      expect(() => loadKubeConfig({ kind: 'file', path: file })).toThrow(new RegExp(`^kubeconfig ${file}: `));
+    } finally { rmSync(dir, { recursive: true, force: true }); }
   });
 
   it('names the flag in errors', () => {
