@@ -220,6 +220,8 @@ describe('kvfleet up', () => {
       up.child.kill('SIGTERM');
       expect(await up.exited()).toBe(0);
       clearInterval(poll);
+      // (redis-server's watchdog loop, which the poll may catch before it execs, ends within 0.5 s of redis-server)
+      for (const t0 = Date.now(); [...seen].some(pidAlive) && Date.now() - t0 < 2000;) await new Promise((r) => setTimeout(r, 50));
       for (const pid of seen) expect(pidAlive(pid), `pid ${pid} still alive`).toBe(false);
       expect(up.output()).not.toMatch(/kvfleet up: ready/);
       expect(up.output()).toMatch(/kvfleet up: SIGTERM: stopping/);
