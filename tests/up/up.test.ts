@@ -130,7 +130,7 @@ describe('kvfleet up', () => {
       const served = () => lastDoc().workers.reduce((a, w) => a + (w.requests ?? 0), 0);
       // wait for the counts, for the pages of the last request to show as free (the status lags a heartbeat) and
       // for the router's reservation to be released (it does so after the stream ends, so a document can fall between)
-      const settled = () => served() >= 4
+      const settled = () => served() >= 5
         && lastDoc().workers.every((w) => w.free_pages === w.total_pages && w.reserved_pages === 0);
       for (const t0 = Date.now(); !settled() && Date.now() - t0 < 10_000;) await new Promise((res) => setTimeout(res, 200));
       const last = lastDoc();
