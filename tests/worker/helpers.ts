@@ -107,6 +107,27 @@ export async function settledPages(w: RunningWorker): Promise<{ free: number; to
   return { free: p.freePages, total: p.totalPages };
 }
 
+/** Tokens the worker has generated so far (kvfleet_worker_generation_tokens_total). */
+export async function generatedTokens(w: RunningWorker): Promise<number> {
+  return Number(/^kvfleet_worker_generation_tokens_total (\d+)$/m.exec(await w.metrics.registry.metrics())![1]);
+}
+
+/**
+ * Polls `read` every 100 ms until it returns the same value 5 times in a row (unchanged for 500 ms), for at most 90 s
+ * (bounds generous: on a loaded 2-core machine the tiny model decodes slowly; the loop ends early). Returns the last
+ * value and whether it settled.
+ */
+export async function settledValue(read: () => Promise<number>): Promise<{ value: number; settled: boolean }> {
+  let last = -1, stable = 0;
+  for (let i = 0; i < 900 && stable < 5; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const v = await read();
+    stable = v === last ? stable + 1 : 0;
+    last = v;
+  }
+  return { value: last, settled: stable === 5 };
+}
+
 export function greedy(maxNew: number, extra: Record<string, unknown> = {}) {
   return { max_new_tokens: maxNew, temperature: 0, ignore_eos: true, ...extra };
 }
