@@ -11,15 +11,9 @@ import { TextStream } from '../worker/detok.ts';
 import { Tokenizer } from '../worker/tokenizer.ts';
 import { writeSynthModel } from '../worker/model/synth.ts';
 import type { BenchOptions } from './index.ts';
-import { machineInfo, percentile, target, type BenchReport } from './report.ts';
+import { machineInfo, percentile, target, type BenchReport, intArg as benchIntArg } from './report.ts';
 
-function intArg(opts: BenchOptions, name: string, def: number): number {
-  const v = opts.args[name];
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`bench detok: --${name} must be a positive integer, got ${String(v)}`);
-  return n;
-}
+const intArg = (opts: BenchOptions, name: string, def: number): number => benchIntArg('detok', opts, name, def);
 
 const round = (x: number, digits = 4): number => Number(x.toFixed(digits));
 

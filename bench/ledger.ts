@@ -7,15 +7,9 @@ import { RedisLedger } from '../ledger/redis.ts';
 import { PICK_POLICIES, type PickPolicy, type PickResult, type WorkerFields } from '../ledger/types.ts';
 import { startRedis } from '../tests/harness/redis.ts';
 import type { BenchOptions } from './index.ts';
-import { machineInfo, percentile, progress, target, type BenchReport } from './report.ts';
+import { machineInfo, percentile, progress, target, type BenchReport, intArg as benchIntArg } from './report.ts';
 
-function intArg(opts: BenchOptions, name: string, def: number): number {
-  const v = opts.args[name];
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`bench ledger: --${name} must be a positive integer, got ${String(v)}`);
-  return n;
-}
+const intArg = (opts: BenchOptions, name: string, def: number): number => benchIntArg('ledger', opts, name, def);
 
 const NEED_PAGES = 4;
 const round = (x: number, digits = 4): number => Number(x.toFixed(digits));

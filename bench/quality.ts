@@ -24,7 +24,7 @@ import { ropeInvFreq } from '../tests/reference/llama-f64.ts';
 import { readModelTensors, type RefTensor } from '../tests/reference/safetensors-read.ts';
 import type { BenchOptions } from './index.ts';
 import { bootstrapInterval, verdict, type PerPrompt } from './paired.ts';
-import { machineInfo, progress, target, type BenchReport } from './report.ts';
+import { machineInfo, progress, target, type BenchReport, intArg as benchIntArg } from './report.ts';
 
 // ---- the probe: float64 recomputation of the last rows from the engine's cached K/V ----
 
@@ -170,13 +170,7 @@ const PAIRS: ReadonlyArray<[Method, Method]> = [['SNAPKV', 'ADA_SNAPKV'], ['PYRA
 const WINDOW = 32;
 const ALPHA = 0.2;
 
-function intArg(opts: BenchOptions, name: string, def: number): number {
-  const v = opts.args[name];
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`bench quality: --${name} must be a positive integer, got ${String(v)}`);
-  return n;
-}
+const intArg = (opts: BenchOptions, name: string, def: number): number => benchIntArg('quality', opts, name, def);
 
 function listArg(opts: BenchOptions, name: string, def: number[]): number[] {
   const v = opts.args[name];

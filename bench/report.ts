@@ -15,6 +15,15 @@ export function target(name: string, value: number, unit: string, op: '<' | '>',
   return { name, value, unit, op, threshold };
 }
 
+/** `--name N` of bench `bench`: a positive integer (a bare `--name` is not one), or `def` when absent. */
+export function intArg(bench: string, opts: { args: Record<string, string | boolean> }, name: string, def: number): number {
+  const v = opts.args[name];
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (v === true || !Number.isSafeInteger(n) || n < 1) throw new Error(`bench ${bench}: --${name} must be a positive integer, got ${String(v)}`);
+  return n;
+}
+
 export function met(t: Target): boolean { return t.op === '<' ? t.value < t.threshold : t.value > t.threshold; }
 
 /** Percentile (0..100) of a list of numbers by nearest rank. */

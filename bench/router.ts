@@ -48,7 +48,7 @@ import { writeSynthModel } from '../worker/model/synth.ts';
 import { Tokenizer } from '../worker/tokenizer.ts';
 import { startRedis } from '../tests/harness/redis.ts';
 import type { BenchOptions } from './index.ts';
-import { machineInfo, percentile, progress, target, type BenchReport } from './report.ts';
+import { machineInfo, percentile, progress, target, type BenchReport, intArg as benchIntArg } from './report.ts';
 
 const FLEET = 'bench/router';
 /** the worker's advertised host, where the probe listens (any 127/8 address is loopback on Linux) */
@@ -60,13 +60,7 @@ const round = (x: number, digits = 4): number => Number(x.toFixed(digits));
 /** the six orders of (direct, routed, hop) */
 const ORDERS = [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 2, 1], [2, 1, 0], [1, 0, 2]];
 
-function intArg(opts: BenchOptions, name: string, def: number): number {
-  const v = opts.args[name];
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`bench router: --${name} must be a positive integer, got ${String(v)}`);
-  return n;
-}
+const intArg = (opts: BenchOptions, name: string, def: number): number => benchIntArg('router', opts, name, def);
 
 function log(opts: BenchOptions, msg: string): void { if (!opts.json) process.stderr.write(`bench router: ${msg}\n`); }
 

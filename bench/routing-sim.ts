@@ -23,7 +23,7 @@
 // prompt, so free pages say nothing about prefill work); the setup above, the capacity run and the trace seeds are
 // unchanged.
 import type { BenchOptions } from './index.ts';
-import { machineInfo, percentile, progress, target, type BenchReport } from './report.ts';
+import { machineInfo, percentile, progress, target, type BenchReport, intArg as benchIntArg } from './report.ts';
 import { CAPACITY_AWARE, runSim, simulate, SIM_POLICIES, type Policy, type SimConfig, type SimResult } from './sim/fleet.ts';
 import { makeTrace, type TraceSpec } from './sim/trace.ts';
 import type { Admission, CostModel, ModelShape } from './sim/worker.ts';
@@ -54,13 +54,7 @@ export function simConfig(b: SimBase, policy: Policy, trace: SimConfig['trace'])
     maxPrefillTokens: 2048, heartbeatMs: 500, policy, trace, seed: b.seed };
 }
 
-function intArg(opts: BenchOptions, name: string, def: number): number {
-  const v = opts.args[name];
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`bench routing-sim: --${name} must be a positive integer, got ${String(v)}`);
-  return n;
-}
+const intArg = (opts: BenchOptions, name: string, def: number): number => benchIntArg('routing-sim', opts, name, def);
 
 function listArg(opts: BenchOptions, name: string, def: number[]): number[] {
   const v = opts.args[name];

@@ -32,7 +32,7 @@ import { exportGguf, type GgufFloat } from './gguf.ts';
 import type { BenchOptions } from './index.ts';
 import { LlamaCpp, ensureLlamaCpp, NODE_LLAMA_CPP_VERSION } from './llamacpp.ts';
 import { barChart, lineChart } from './plot.ts';
-import { machineInfo, met, progress, target, type BenchReport, type Target } from './report.ts';
+import { machineInfo, met, progress, target, type BenchReport, type Target, intArg as benchIntArg } from './report.ts';
 
 const NAME = 'engine-vs-llama';
 const SEED = 0;
@@ -71,13 +71,7 @@ const median = (xs: number[]): number => {
 };
 function log(msg: string): void { process.stderr.write(`bench ${NAME}: ${msg}\n`); }
 
-function intArg(opts: BenchOptions, name: string, def: number): number {
-  const v = opts.args[name];
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (v === true || !Number.isSafeInteger(n) || n < 1) throw new Error(`bench ${NAME}: --${name} must be a positive integer, got ${String(v)}`);
-  return n;
-}
+const intArg = (opts: BenchOptions, name: string, def: number): number => benchIntArg(NAME, opts, name, def);
 function strArg(opts: BenchOptions, name: string): string | undefined {
   const v = opts.args[name];
   if (v === undefined) return undefined;

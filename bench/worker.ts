@@ -19,19 +19,13 @@ import { generationClient, type BudgetSpec, type GenerateResponse } from '../pro
 import { parseWorkerConfig } from '../worker/config.ts';
 import { startWorker } from '../worker/server.ts';
 import type { BenchOptions } from './index.ts';
-import { machineInfo, progress, target, type BenchReport } from './report.ts';
+import { machineInfo, progress, target, type BenchReport, intArg as benchIntArg } from './report.ts';
 
 const MODEL_SEED = 7;
 const FULL_SEQUENCES = 4;
 const round = (x: number, digits = 3): number => Number(x.toFixed(digits));
 
-function intArg(opts: BenchOptions, name: string, def: number): number {
-  const v = opts.args[name];
-  if (v === undefined) return def;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`bench worker: --${name} must be a positive integer, got ${String(v)}`);
-  return n;
-}
+const intArg = (opts: BenchOptions, name: string, def: number): number => benchIntArg('worker', opts, name, def);
 
 function log(msg: string): void { process.stderr.write(`bench worker: ${msg}\n`); }
 
