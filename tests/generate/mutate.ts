@@ -30,6 +30,13 @@ function editHeader(dir: string, edit: (h: Header) => void): void {
   writeSafetensors(file, header, data);
 }
 
+function editConfig(dir: string, edit: (c: Record<string, unknown>) => void): void {
+  const p = path.join(dir, 'config.json');
+  const c = JSON.parse(readFileSync(p, 'utf8')) as Record<string, unknown>;
+  edit(c);
+  writeFileSync(p, JSON.stringify(c, null, 2));
+}
+
 function entry(h: Header, name: string): HeaderEntry {
   const e = h[name] as HeaderEntry | undefined;
   if (!e?.shape) throw new Error(`test setup: tensor ${name} is not in the header`);
@@ -49,32 +56,16 @@ export const MUTATIONS: Record<string, { apply(dir: string): void; file: string;
     file: 'config.json', problem: /json|parse|unexpected|end/i,
   },
   'unsupported architecture': {
-    apply: (dir) => {
-      const p = path.join(dir, 'config.json');
-      const c = JSON.parse(readFileSync(p, 'utf8')) as Record<string, unknown>;
-      c.architectures = ['GPT2LMHeadModel'];
-      c.model_type = 'gpt2';
-      writeFileSync(p, JSON.stringify(c, null, 2));
-    },
+    apply: (dir) => editConfig(dir, (c) => { c.architectures = ['GPT2LMHeadModel']; c.model_type = 'gpt2'; }),
     file: 'config.json', problem: /GPT2LMHeadModel/,
   },
   // the weights hold 2 layers; a config.json that says 1 would run half the model without a word
   'config.json names fewer layers than the weights hold': {
-    apply: (dir) => {
-      const p = path.join(dir, 'config.json');
-      const c = JSON.parse(readFileSync(p, 'utf8')) as Record<string, unknown>;
-      c.num_hidden_layers = 1;
-      writeFileSync(p, JSON.stringify(c, null, 2));
-    },
+    apply: (dir) => editConfig(dir, (c) => { c.num_hidden_layers = 1; }),
     file: 'model.safetensors', problem: /tensor 'model\.layers\.1\..*' belongs to layer 1, but config\.json .* says num_hidden_layers is 1/,
   },
   'eos_token_id outside the vocabulary': {
-    apply: (dir) => {
-      const p = path.join(dir, 'config.json');
-      const c = JSON.parse(readFileSync(p, 'utf8')) as Record<string, unknown>;
-      c.eos_token_id = 99999;
-      writeFileSync(p, JSON.stringify(c, null, 2));
-    },
+    apply: (dir) => editConfig(dir, (c) => { c.eos_token_id = 99999; }),
     file: 'config.json', problem: /eos_token_id.*99999 is outside the vocabulary/,
   },
   // renamed, not deleted: the data stay covered by the header, so the one problem is the missing name
