@@ -18,7 +18,7 @@ import {
   type BudgetSpec, type GenerateRequest, type GenerateResponse, type GenerationClient,
 } from '../proto/index.ts';
 import { Tokenizer } from '../worker/tokenizer.ts';
-import { DEFAULT_MAX_NEW_TOKENS } from '../worker/request.ts';
+import { DEADLINE_SLACK_MS, DEFAULT_MAX_NEW_TOKENS } from '../worker/request.ts';
 import { bearerAuthInterceptor } from '../worker/security.ts';
 import type { RouterConfig } from './config.ts';
 import { workerGenerationClient } from './wire.ts';
@@ -100,13 +100,13 @@ export function chooseDegraded(workers: readonly WorkerSnapshot[], need: number,
   return best && { w: best.w, room: best.room };
 }
 
-/** Whether the call's deadline (if it has one) has passed, or is within 250 ms: the client's own timer cancels the
- *  stream at its deadline, and grpc-js computes this server's copy when it processes the headers, later on a busy
- *  event loop, so the deadline's cancel arrives up to that lag early (worker/server.ts DEADLINE_SLACK_MS). */
+/** Whether the call's deadline (if it has one) has passed, or is within DEADLINE_SLACK_MS, by the worker's rule: the
+ *  client's own timer cancels the stream at its deadline, and grpc-js computes this server's copy when it processes
+ *  the headers, later on a busy event loop, so the deadline's cancel arrives up to that lag early. */
 function deadlinePassed(call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>): boolean {
   const d = call.getDeadline();
   const ms = d instanceof Date ? d.getTime() : Number(d);
-  return Number.isFinite(ms) && Date.now() >= ms - 250;
+  return Number.isFinite(ms) && Date.now() >= ms - DEADLINE_SLACK_MS;
 }
 
 /** Why a client stream ended before its answer: its deadline passed (DEADLINE_EXCEEDED, which grpc-js answers

@@ -9,6 +9,14 @@ import type { EngineBudget } from './engine.ts';
 import type { Tokenizer } from './tokenizer.ts';
 
 export const DEFAULT_MAX_NEW_TOKENS = 256;
+
+/** A call cancelled this close to its deadline (or after it) is counted as DEADLINE_EXCEEDED, not CANCELLED. The
+ *  client's own deadline timer cancels the stream at ITS deadline, and grpc-js computes the server's copy when it
+ *  processes the headers, later on a busy event loop: so the server sees the deadline's cancel up to that lag early
+ *  (a 20 ms slack misread it as CANCELLED under load). A client that cancels within this of its deadline is
+ *  counted as a deadline. The router counts its clients' cancels by the same rule. */
+export const DEADLINE_SLACK_MS = 250;
+
 const U64_MAX = (1n << 64n) - 1n;
 
 /** A request the worker refuses; `code` is mapped to a gRPC status at the server edge only. */

@@ -24,7 +24,7 @@ import { BadArgumentError, BadModelError, deviceInfo, Engine, OutOfPagesError, t
   type SeqStats } from './engine.ts';
 import { fleetName, WorkerConfigError, type Identity, type WorkerConfig } from './config.ts';
 import { TextStream } from './detok.ts';
-import { parseGenerateRequest, RequestError } from './request.ts';
+import { DEADLINE_SLACK_MS, parseGenerateRequest, RequestError } from './request.ts';
 import { DrainingError, QueueFullError, Scheduler, type CapacitySnapshot, type FinishReason } from './scheduler.ts';
 import { Tokenizer } from './tokenizer.ts';
 import { BudgetsUnavailableError } from './budgets.ts';
@@ -33,12 +33,6 @@ import { WorkerMetrics } from './metrics.ts';
 import { bearerAuthInterceptor, readSecretFile, serverCredentials } from './security.ts';
 import type { Ledger } from '../ledger/index.ts';
 
-/** A call cancelled this close to its deadline (or after it) is counted as DEADLINE_EXCEEDED, not CANCELLED. The
- *  client's own deadline timer cancels the stream at ITS deadline, and grpc-js computes the server's copy when it
- *  processes the headers, later on a busy event loop: so the server sees the deadline's cancel up to that lag early
- *  (a 20 ms slack misread it as CANCELLED under load). A client that cancels within this of its deadline is
- *  counted as a deadline. */
-const DEADLINE_SLACK_MS = 250;
 
 /** grpc.max_receive_message_length: larger requests are refused by grpc-js with RESOURCE_EXHAUSTED. */
 export const MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
@@ -226,14 +220,7 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       // ... but not forever: a client that reads nothing for --stall-timeout-ms gives its pages back (ABORTED)
       let stallTimer: NodeJS.Timeout | undefined;
       const stalled = () => {
-        if (ended || !paused) return;
-        ended = true;
-        live.delete(liveKey);
-        clearTimeout(deadlineTimer);
-        handle.cancel();
-        fleet?.rejected(requestId);
-        metrics.request('ABORTED');
-        rlog.warn({ stall_timeout_ms: cfg.stallTimeoutMs }, 'request stopped: its client read nothing while its stream buffer was full');
+        if (!paused || !cancel('ABORTED')) return;
         call.emit('error', { code: grpc.status.ABORTED, details: `the client read nothing for ${cfg.stallTimeoutMs} ms while its `
           + 'stream buffer was full (--stall-timeout-ms); the request was stopped to free its KV pages' });
       };
@@ -286,16 +273,22 @@ export async function startWorker(cfg: WorkerConfig & Identity, opts: StartOptio
       } catch (err) { fail(err); return; }
       rlog.debug({ prompt_tokens: parsed.prompt.length, max_new_tokens: parsed.maxNewTokens, footprint: fp }, 'queued');
       live.set(liveKey, (err: Error) => { if (ended) return; clearTimeout(deadlineTimer); handle.cancel(); fail(err); });
-      const cancel = (code: 'CANCELLED' | 'DEADLINE_EXCEEDED') => {
+      // ends the request before its finish, once: pages back, the outcome counted; false when it had already ended
+      const cancel = (code: 'CANCELLED' | 'DEADLINE_EXCEEDED' | 'ABORTED'): boolean => {
         clearTimeout(stallTimer);
-        if (ended) return;
+        if (ended) return false;
         ended = true;
         live.delete(liveKey);
         clearTimeout(deadlineTimer);
-        rlog.info({ code }, code === 'CANCELLED' ? 'request cancelled' : 'request cancelled: deadline exceeded');
+        if (code === 'ABORTED') {
+          rlog.warn({ stall_timeout_ms: cfg.stallTimeoutMs }, 'request stopped: its client read nothing while its stream buffer was full');
+        } else {
+          rlog.info({ code }, code === 'CANCELLED' ? 'request cancelled' : 'request cancelled: deadline exceeded');
+        }
         metrics.request(code);
         handle.cancel();
         fleet?.rejected(requestId);  // a queued request's reservation goes now; a running one's is already gone
+        return true;
       };
       const deadline = call.getDeadline();
       const deadlineAt = deadline instanceof Date ? deadline.getTime() : Number(deadline);  // Infinity: none
