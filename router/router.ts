@@ -18,7 +18,7 @@ import {
   type BudgetSpec, type GenerateRequest, type GenerateResponse, type GenerationClient,
 } from '../proto/index.ts';
 import { Tokenizer } from '../worker/tokenizer.ts';
-import { DEADLINE_SLACK_MS, DEFAULT_MAX_NEW_TOKENS } from '../worker/request.ts';
+import { DEADLINE_SLACK_MS, DEFAULT_MAX_NEW_TOKENS, plannedNewTokens, RequestError } from '../worker/request.ts';
 import { bearerAuthInterceptor } from '../worker/security.ts';
 import type { RouterConfig } from './config.ts';
 import { workerGenerationClient } from './wire.ts';
@@ -443,17 +443,12 @@ export class Router {
   private newTokens(n: number, maxNew: number | undefined, promptField: string): number {
     const maxLen = this.fleetMaxModelLen();
     if (maxLen === undefined) return maxNew ?? DEFAULT_MAX_NEW_TOKENS;
-    if (n >= maxLen) {
-      throw new RouterStatusError(grpc.status.INVALID_ARGUMENT,
-        `${promptField}: the prompt has ${n} tokens; max_model_len is ${maxLen}, which leaves no room for a new token`);
+    try {
+      return plannedNewTokens(n, maxNew, maxLen, promptField);
+    } catch (err) {
+      if (err instanceof RequestError) throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, err.message);
+      throw err;
     }
-    const room = maxLen - n;
-    if (maxNew === undefined) return Math.min(DEFAULT_MAX_NEW_TOKENS, room);
-    if (maxNew > room) {
-      throw new RouterStatusError(grpc.status.INVALID_ARGUMENT, `sampling.max_new_tokens: ${maxNew} exceeds the model's `
-        + `room: prompt ${n} + max_new_tokens ${maxNew} > max_model_len ${maxLen}`);
-    }
-    return maxNew;
   }
 
   /** A request whose footprint exceeds the total pages of every live worker can never be placed: INVALID_ARGUMENT

@@ -10,6 +10,25 @@ import type { Tokenizer } from './tokenizer.ts';
 
 export const DEFAULT_MAX_NEW_TOKENS = 256;
 
+/**
+ * The new tokens a request of n prompt tokens is planned with, checked against max_model_len as the worker and the
+ * router both check it: INVALID_ARGUMENT when the prompt leaves no room for a token, when max_new_tokens is 0, or
+ * when it exceeds the room; an absent max_new_tokens is the default, within the room.
+ */
+export function plannedNewTokens(n: number, maxNew: number | undefined, maxModelLen: number, promptField: string): number {
+  if (n >= maxModelLen) {
+    throw invalid(promptField, `the prompt has ${n} tokens; max_model_len is ${maxModelLen}, which leaves no room for a new token`);
+  }
+  const room = maxModelLen - n;
+  if (maxNew === undefined) return Math.min(DEFAULT_MAX_NEW_TOKENS, room);
+  if (maxNew === 0) throw invalid('sampling.max_new_tokens', 'must be at least 1');
+  if (maxNew > room) {
+    throw invalid('sampling.max_new_tokens', `${maxNew} exceeds the model's room: prompt ${n} + max_new_tokens `
+      + `${maxNew} > max_model_len ${maxModelLen}`);
+  }
+  return maxNew;
+}
+
 /** A call cancelled this close to its deadline (or after it) is counted as DEADLINE_EXCEEDED, not CANCELLED. The
  *  client's own deadline timer cancels the stream at ITS deadline, and grpc-js computes the server's copy when it
  *  processes the headers, later on a busy event loop: so the server sees the deadline's cancel up to that lag early
@@ -150,24 +169,8 @@ export function parseGenerateRequest(req: GenerateRequest, ctx: RequestContext):
   }
   if (prompt.length === 0) throw invalid(which === 'text' ? 'text' : 'token_ids.ids', 'the prompt is empty');
   const n = prompt.length;
-  if (n >= ctx.maxModelLen) {
-    throw invalid(which === 'text' ? 'text' : 'token_ids.ids',
-      `the prompt has ${n} tokens; max_model_len is ${ctx.maxModelLen}, which leaves no room for a new token`);
-  }
-  const room = ctx.maxModelLen - n;
-
   const s = req.sampling ?? {};
-  let maxNewTokens: number;
-  if (s.max_new_tokens !== undefined && s.max_new_tokens !== null) {
-    maxNewTokens = s.max_new_tokens;
-    if (maxNewTokens === 0) throw invalid('sampling.max_new_tokens', 'must be at least 1');
-    if (maxNewTokens > room) {
-      throw invalid('sampling.max_new_tokens', `${maxNewTokens} exceeds the model's room: prompt ${n} + max_new_tokens `
-        + `${maxNewTokens} > max_model_len ${ctx.maxModelLen}`);
-    }
-  } else {
-    maxNewTokens = Math.min(DEFAULT_MAX_NEW_TOKENS, room);  // an absent field takes the default, within the room
-  }
+  const maxNewTokens = plannedNewTokens(n, s.max_new_tokens ?? undefined, ctx.maxModelLen, which === 'text' ? 'text' : 'token_ids.ids');
   if (s.temperature !== undefined && s.temperature !== null && !(Number.isFinite(s.temperature) && s.temperature >= 0)) {
     throw invalid('sampling.temperature', `must be >= 0, got ${s.temperature}`);
   }
